@@ -1,0 +1,1 @@
+"""The retrieval corpus flexlog ships (JSONL), and the scripts that rebuild it."""

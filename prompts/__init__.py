@@ -1,0 +1,1 @@
+"""Prompt templates flexlog ships, as data files."""
