@@ -1,0 +1,354 @@
+"""Template mining with Drain3: raw log lines to stable event keys.
+
+:class:`TemplateParser` wraps a Drain3 ``TemplateMiner`` configured from a
+:class:`~flexlog.parsing.presets.Preset`. Fitting is two-pass: every line is first added to
+Drain (templates generalise as lines arrive), then each line is matched against the final
+clusters, so all lines of a cluster get the same, final template. An event key is derived from
+the template text (``"T" + sha1[:8]``), not from Drain's cluster id, so the same template gets
+the same key across runs, files and reloads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drain3 import TemplateMiner
+from drain3.drain import LogCluster, Node
+from drain3.masking import MaskingInstruction
+from drain3.template_miner_config import TemplateMinerConfig
+
+from flexlog.data.records import IngestReport, InputError
+from flexlog.parsing.presets import Preset, get_preset
+
+#: Raw log lines longer than this many bytes are rejected, not parsed.
+MAX_LOG_LINE_BYTES = 1 << 20
+#: Version of the JSON layout written by :meth:`TemplateParser.to_dict`.
+STATE_VERSION = 1
+
+_PARAM = "<*>"
+_DIGIT = re.compile(r"\d")
+
+
+def event_key(template: str) -> str:
+    """The stable event key of a template: ``"T"`` + the first 8 hex digits of its SHA-1."""
+    return "T" + hashlib.sha1(template.encode("utf-8")).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    """One parsed log line: its 1-based line number, content, event key and template."""
+
+    line: int
+    content: str
+    event: str
+    template: str
+    session: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def read_log_lines(
+    path: str | Path, report: IngestReport | None = None
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` for the decodable lines of a raw log file.
+
+    Lines over :data:`MAX_LOG_LINE_BYTES` or not valid UTF-8 are rejected into ``report``;
+    blank lines are skipped and not counted. Only rejections are recorded here: whoever
+    consumes the lines (e.g. :meth:`TemplateParser.parse`) accepts or rejects each one, so a
+    single report accounts for every line. Raises :class:`InputError` if the file cannot be
+    opened.
+    """
+    path = Path(path)
+    report = report if report is not None else IngestReport()
+    source = str(path)
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{source}: cannot open: {exc.strerror or exc}") from exc
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if len(raw) > MAX_LOG_LINE_BYTES:
+                report.reject(
+                    source, lineno, f"line is {len(raw)} bytes, over {MAX_LOG_LINE_BYTES}"
+                )
+                continue
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                report.reject(source, lineno, f"not valid UTF-8 (byte {exc.start})")
+                continue
+            yield lineno, text.rstrip("\r\n")
+
+
+def _numbered(lines: Iterable[str | tuple[int, str]]) -> list[tuple[int, str]]:
+    """Number plain strings 1-based; keep the numbers of ``(line, text)`` pairs."""
+    out = []
+    for i, item in enumerate(lines, start=1):
+        if isinstance(item, tuple):
+            lineno, text = item
+            out.append((int(lineno), text))
+        else:
+            out.append((i, item))
+    return out
+
+
+class TemplateParser:
+    """Mine templates from raw log lines with Drain3 and map lines to stable event keys.
+
+    ``preset`` is a preset name (see :data:`~flexlog.parsing.presets.PRESETS`) or a
+    :class:`Preset`; ``sim_th`` and ``depth`` override the preset's Drain parameters.
+    """
+
+    def __init__(
+        self,
+        preset: str | Preset = "generic",
+        *,
+        sim_th: float | None = None,
+        depth: int | None = None,
+    ) -> None:
+        base = get_preset(preset) if isinstance(preset, str) else preset
+        if not isinstance(base, Preset):
+            raise TypeError(f"preset must be a name or a Preset, got {type(preset).__name__}")
+        if sim_th is not None:
+            base = dataclasses.replace(base, sim_th=sim_th)
+        if depth is not None:
+            base = dataclasses.replace(base, depth=depth)
+        self.preset = base
+        # Drain3 logs at INFO on start-up and state changes; quiet it unless someone chose a level.
+        drain_logger = logging.getLogger("drain3")
+        if drain_logger.level == logging.NOTSET:
+            drain_logger.setLevel(logging.WARNING)
+        self._miner = TemplateMiner(config=self._config(base))
+        self._unseen: dict[str, str] = {}
+
+    @staticmethod
+    def _config(preset: Preset) -> TemplateMinerConfig:
+        config = TemplateMinerConfig()
+        config.drain_sim_th = preset.sim_th
+        config.drain_depth = preset.depth
+        config.drain_extra_delimiters = list(preset.extra_delimiters)
+        config.parametrize_numeric_tokens = preset.parametrize_numeric_tokens
+        config.masking_instructions = [MaskingInstruction(r, m) for r, m in preset.masking]
+        config.mask_prefix, config.mask_suffix = "<", ">"
+        config.profiling_enabled = False
+        return config
+
+    @property
+    def fitted(self) -> bool:
+        """True once at least one template has been learned."""
+        return len(self._miner.drain.id_to_cluster) > 0
+
+    def fit(self, lines: Iterable[str | tuple[int, str]]) -> TemplateParser:
+        """Learn templates from ``lines`` (strings or ``(line, text)`` pairs).
+
+        Lines that do not fit the preset's format are skipped here; :meth:`parse` reports them.
+        Fitting again adds to what was learned, and may generalise templates (and so change
+        the keys) that earlier parses returned.
+        """
+        for _, text in _numbered(lines):
+            if not text.strip():
+                continue
+            parts = self.preset.split(text)
+            if parts is not None:
+                self._miner.add_log_message(parts["Content"])
+        return self
+
+    def parse(
+        self,
+        lines: Iterable[str | tuple[int, str]],
+        source: str = "<lines>",
+        report: IngestReport | None = None,
+    ) -> list[ParsedLine]:
+        """Map each line to its event; an unfitted parser first fits on the same lines.
+
+        Every non-blank line is accepted or rejected in ``report`` (a line that does not fit
+        the preset's format is rejected, naming ``source`` and the line number). Lines no
+        learned template matches get a key from their own masked content.
+        """
+        numbered = [(n, t) for n, t in _numbered(lines) if t.strip()]
+        report = report if report is not None else IngestReport()
+        if not self.fitted:
+            self.fit(numbered)
+        out = []
+        reason = f"does not match the {self.preset.name} log format"
+        for lineno, text in numbered:
+            parts = self.preset.split(text)
+            if parts is None:
+                report.reject(source, lineno, reason)
+                continue
+            content = parts.pop("Content")
+            template = self.match(content)
+            out.append(
+                ParsedLine(
+                    line=lineno,
+                    content=content,
+                    event=event_key(template),
+                    template=template,
+                    session=self.preset.session_of(content),
+                    fields=parts,
+                )
+            )
+            report.accept()
+        return out
+
+    def fit_parse(
+        self,
+        lines: Iterable[str | tuple[int, str]],
+        source: str = "<lines>",
+        report: IngestReport | None = None,
+    ) -> list[ParsedLine]:
+        """Fit on ``lines``, then parse them against the final templates (two passes)."""
+        numbered = _numbered(lines)
+        self.fit(numbered)
+        return self.parse(numbered, source, report)
+
+    def parse_file(
+        self, path: str | Path, report: IngestReport | None = None, *, fit: bool | None = None
+    ) -> list[ParsedLine]:
+        """Read and parse a raw log file; fits on it first if ``fit`` (default: if unfitted)."""
+        report = report if report is not None else IngestReport()
+        lines = list(read_log_lines(path, report))
+        if fit or (fit is None and not self.fitted):
+            self.fit(lines)
+        return self.parse(lines, str(path), report)
+
+    def match(self, content: str) -> str:
+        """The final template text for one line's content (no learning).
+
+        A content no learned template matches gets its own masked, normalised text as its
+        template (tokens with digits become ``<*>``), so unseen lines still key deterministically.
+        """
+        cluster = self._miner.match(content, full_search_strategy="fallback")
+        if cluster is not None:
+            return cluster.get_template()
+        template = self._unseen_template(content)
+        self._unseen.setdefault(event_key(template), template)
+        return template
+
+    def _unseen_template(self, content: str) -> str:
+        tokens = self._miner.drain.get_content_as_tokens(self._miner.masker.mask(content))
+        if self.preset.parametrize_numeric_tokens:
+            tokens = [
+                _PARAM if _DIGIT.search(t) and not (t.startswith("<") and t.endswith(">")) else t
+                for t in tokens
+            ]
+        return " ".join(tokens)
+
+    def templates(self) -> dict[str, str]:
+        """``{event key: template}`` for every learned template, then any unseen ones parsed."""
+        table = self.templates_learned()
+        for key, template in self._unseen.items():
+            table.setdefault(key, template)
+        return table
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable snapshot: preset, Drain clusters and Drain's prefix tree.
+
+        The tree is stored as is, so a reloaded parser matches lines exactly as this one does.
+        """
+        drain = self._miner.drain
+        clusters = sorted(drain.id_to_cluster.values(), key=_cluster_id)
+        return {
+            "kind": "flexlog.template_parser",
+            "version": STATE_VERSION,
+            "preset": self.preset.to_dict(),
+            "clusters": [
+                {"id": c.cluster_id, "size": c.size, "tokens": list(c.log_template_tokens)}
+                for c in clusters
+            ],
+            "clusters_counter": drain.clusters_counter,
+            "tree": _node_to_json(drain.root_node),
+            "templates": self.templates_learned(),
+        }
+
+    def templates_learned(self) -> dict[str, str]:
+        """``{event key: template}`` for the learned templates only."""
+        table = {}
+        for cluster in sorted(self._miner.drain.id_to_cluster.values(), key=_cluster_id):
+            template = cluster.get_template()
+            table.setdefault(event_key(template), template)
+        return table
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TemplateParser:
+        """Rebuild a parser saved with :meth:`to_dict`; a ValueError says what is wrong."""
+        if not isinstance(data, dict) or data.get("kind") != "flexlog.template_parser":
+            raise ValueError("not a flexlog template parser state (missing kind)")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"template parser state version {data.get('version')!r} is not {STATE_VERSION}"
+            )
+        try:
+            parser = cls(Preset.from_dict(data["preset"]))
+            drain = parser._miner.drain
+            for rec in data["clusters"]:
+                cluster = LogCluster([str(t) for t in rec["tokens"]], int(rec["id"]))
+                cluster.size = int(rec["size"])
+                drain.id_to_cluster[cluster.cluster_id] = cluster
+            drain.clusters_counter = int(data["clusters_counter"])
+            drain.root_node = _node_from_json(data["tree"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid template parser state: {exc!r}") from exc
+        known = set(drain.id_to_cluster)
+        missing = _tree_ids(drain.root_node) - known
+        if missing:
+            raise ValueError(
+                f"invalid template parser state: tree names unknown clusters {missing}"
+            )
+        return parser
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_dict` as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TemplateParser:
+        """Read a parser written by :meth:`save`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: not a JSON parser state: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from exc
+
+
+def _cluster_id(cluster: LogCluster) -> int:
+    return cluster.cluster_id
+
+
+def _node_to_json(node: Node) -> dict:
+    return {
+        "ids": list(node.cluster_ids),
+        "children": {k: _node_to_json(v) for k, v in node.key_to_child_node.items()},
+    }
+
+
+def _node_from_json(data: dict) -> Node:
+    node = Node()
+    node.cluster_ids = [int(i) for i in data["ids"]]
+    node.key_to_child_node = {str(k): _node_from_json(v) for k, v in data["children"].items()}
+    return node
+
+
+def _tree_ids(node: Node) -> set[int]:
+    ids = set(node.cluster_ids)
+    for child in node.key_to_child_node.values():
+        ids |= _tree_ids(child)
+    return ids

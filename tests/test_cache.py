@@ -1,0 +1,477 @@
+"""Tests of flexlog.cache: a real SQLite file in tmp_path, no mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from flexlog.cache import SCHEMA_VERSION, CacheEntry, CacheError, SequenceCache, key_of
+from flexlog.data.records import InputError
+
+A = ("E5", "E22", "E5")
+B = ("E1", "E2")
+C = ("E9",)
+VOTES = {"llm": 1, "knn": 0, "dt": 1}
+
+
+def seq(i: int) -> tuple[str, ...]:
+    return (f"E{i}", "E0", f"E{i % 7}")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def cache(request: pytest.FixtureRequest, tmp_path: Path):
+    path = None if request.param == "memory" else tmp_path / "cache.sqlite"
+    with SequenceCache(path) as c:
+        yield c
+
+
+# ---------------------------------------------------------------- keys and validation
+
+
+def test_key_of_is_stable_hex_sha256() -> None:
+    key = key_of(A)
+    assert key == key_of(list(A)) and len(key) == 64 and int(key, 16) >= 0
+    assert key_of(("E5", "E22")) != key_of(("E5E22",)) != key_of(("E5", "E2", "2"))
+    # The encoding stays unambiguous: no empty sequence, no separator inside an event.
+    with pytest.raises(ValueError):
+        key_of(())
+    with pytest.raises(ValueError):
+        key_of(("a\x1fb",))
+    with pytest.raises(TypeError):
+        key_of("E5")  # type: ignore[arg-type]
+
+
+def test_key_of_matches_documented_encoding() -> None:
+    assert key_of(A) == hashlib.sha256(b"E5\x1fE22\x1fE5").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_entries": 0},
+        {"max_entries": 1.5},
+        {"memory_entries": -1},
+        {"timeout": -1},
+        {"timeout": float("nan")},
+        {"read_only": True},
+    ],
+)
+def test_constructor_validates_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SequenceCache(None, **kwargs)
+
+
+def test_invalid_items_raise_before_storing(cache: SequenceCache) -> None:
+    with pytest.raises(ValueError, match="label"):
+        cache.add_many([(A, 1, None), (B, 2, None)])
+    with pytest.raises(ValueError, match="vote"):
+        cache.add_many([(A, 1, {"llm": 5})])
+    with pytest.raises(ValueError, match="hex"):
+        cache.get("E5")
+    assert cache.get(A) is None and len(cache) == 0
+
+
+# ---------------------------------------------------------------- operations
+
+
+def test_query_add_update_delete(cache: SequenceCache) -> None:
+    assert cache.get(A) is None
+    cache.add(A, 1, VOTES)
+    entry = cache.get(A)
+    assert entry == CacheEntry(key_of(A), A, 1, "model", VOTES)
+    assert cache.get(key_of(A)) == entry  # by hex key too
+    assert cache.get(key_of(A).upper()) == entry
+
+    corrected = cache.update(A, 0)
+    assert (corrected.label, corrected.source, corrected.votes) == (0, "human", VOTES)
+    assert cache.get(A) == corrected
+
+    assert cache.delete(A) is True
+    assert cache.get(A) is None
+    assert cache.delete(key_of(A)) is False
+    assert len(cache) == 0
+
+
+def test_update_inserts_from_events_but_not_from_bare_key(cache: SequenceCache) -> None:
+    entry = cache.update(B, 1)
+    assert entry == CacheEntry(key_of(B), B, 1, "human", {})
+    with pytest.raises(KeyError, match="pass the events"):
+        cache.update(key_of(C), 1)
+    assert cache.update(key_of(B), 0).label == 0
+
+
+def test_human_correction_wins_over_later_model_answers(cache: SequenceCache) -> None:
+    cache.add(A, 1, VOTES)
+    cache.update(A, 0)
+    cache.add_many([(A, 1, VOTES), (B, 1, None)])
+    cache.add(A, 1)
+    assert (cache.get(A).label, cache.get(A).source) == (0, "human")
+    assert cache.get(B).label == 1
+    assert cache.stats()["human_entries"] == 1
+
+
+def test_human_correction_wins_when_not_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, memory_entries=1) as c:
+        c.update(A, 0)
+        c.add_many([(seq(i), 1, None) for i in range(5)])  # pushes A out of the LRU
+        c.add(A, 1, VOTES)  # the database still knows A is a human answer
+        assert (c.get(A).label, c.get(A).source) == (0, "human")
+    with SequenceCache(path) as c:
+        assert (c.get(A).label, c.get(A).source) == (0, "human")
+
+
+def test_later_model_answer_replaces_earlier_model_answer(cache: SequenceCache) -> None:
+    cache.add(A, 1, VOTES)
+    cache.add(A, 0, {"llm": 0})
+    assert (cache.get(A).label, cache.get(A).votes) == (0, {"llm": 0})
+    cache.add_many([(A, 1, None), (A, 0, None)])  # the last of a batch wins
+    assert cache.get(A).label == 0
+    assert len(cache) == 1
+
+
+def test_votes_are_copied_and_normalised(cache: SequenceCache) -> None:
+    votes = {"llm": True, "knn": 0}
+    cache.add(A, True, votes)  # type: ignore[arg-type]
+    votes["llm"] = 0
+    entry = cache.get(A)
+    assert entry.label == 1 and entry.votes == {"llm": 1, "knn": 0}
+    assert type(entry.label) is int and type(entry.votes["llm"]) is int
+
+
+def test_clear_len_and_close(cache: SequenceCache) -> None:
+    cache.add_many([(seq(i), i % 2, None) for i in range(10)])
+    assert len(cache) == 10
+    cache.clear()
+    assert len(cache) == 0 and cache.get(seq(1)) is None
+    cache.close()
+    cache.close()  # idempotent
+    assert cache.closed
+    with pytest.raises(CacheError, match="closed"):
+        cache.get(A)
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_persistence_across_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "c.sqlite"  # the directory is created
+    with SequenceCache(path) as c:
+        c.add_many([(A, 1, VOTES), (B, 0, None)])
+        c.update(C, 1)
+    with SequenceCache(path) as c:
+        assert len(c) == 3
+        assert c.get(key_of(A)) == CacheEntry(key_of(A), A, 1, "model", VOTES)
+        assert c.get(B).label == 0
+        assert c.get(C).source == "human"
+        assert c.stats()["human_entries"] == 1
+    raw = sqlite3.connect(path)
+    row = raw.execute(
+        "SELECT n_events, events, source, votes FROM entries WHERE key = ?", (key_of(A),)
+    ).fetchone()
+    assert row[0] == 3 and row[1] == '["E5","E22","E5"]' and row[2] == "model"
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw.close()
+
+
+def test_lru_promotion_and_memory_bound(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, memory_entries=3) as c:
+        c.add_many([(seq(i), 1, None) for i in range(5)])
+        assert c.stats()["memory_entries"] == 3
+        assert c.stats()["entries"] == 5
+    with SequenceCache(path, memory_entries=3) as c:
+        assert c.stats()["memory_entries"] == 0
+        c.get_many([seq(0), seq(1)])  # both from SQLite, promoted
+        s = c.stats()
+        assert (s["hits"], s["memory_hits"], s["memory_entries"]) == (2, 0, 2)
+        c.get_many([seq(0), seq(1)])
+        assert c.stats()["memory_hits"] == 2
+        c.get_many([seq(2), seq(3), seq(4)])  # pushes seq(0) and seq(1) out
+        s = c.stats()
+        assert s["memory_entries"] == 3 and s["memory_evictions"] == 2
+        c.get(seq(0))
+        assert c.stats()["memory_hits"] == 2  # came from SQLite again
+
+
+def test_memory_entries_zero_reads_sqlite_every_time(tmp_path: Path) -> None:
+    with SequenceCache(tmp_path / "c.sqlite", memory_entries=0) as c:
+        c.add(A, 1)
+        assert c.get(A).label == 1 and c.get(A).label == 1
+        s = c.stats()
+        assert (s["hits"], s["memory_hits"], s["memory_entries"]) == (2, 0, 0)
+
+
+# ---------------------------------------------------------------- eviction
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+def test_eviction_bound_keeps_human_corrections(tmp_path: Path, mode: str) -> None:
+    path = None if mode == "memory" else tmp_path / "c.sqlite"
+    with SequenceCache(path, max_entries=10, memory_entries=4) as c:
+        humans = [("H", str(i)) for i in range(5)]
+        for h in humans:
+            c.update(h, 1)
+        for i in range(30):
+            c.add(seq(i), 0)
+            assert len(c) <= 10
+        s = c.stats()
+        assert s["evictions"] == 30 + 5 - s["entries"]
+        assert s["human_entries"] == 5
+        assert all(c.get(h).source == "human" for h in humans)
+        assert c.get(seq(29)) is not None  # the newest answer stays
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+def test_eviction_of_humans_only_when_nothing_else_is_left(tmp_path: Path, mode: str) -> None:
+    path = None if mode == "memory" else tmp_path / "c.sqlite"
+    with SequenceCache(path, max_entries=5, memory_entries=2) as c:
+        for i in range(8):
+            c.update(("H", str(i)), 1)
+        assert len(c) <= 5
+        assert c.stats()["human_entries"] == len(c)
+        assert c.get(("H", "7")) is not None  # the oldest went first
+        assert c.get(("H", "0")) is None
+
+
+def test_eviction_spares_recently_used_entries(tmp_path: Path) -> None:
+    with SequenceCache(tmp_path / "c.sqlite", max_entries=10, memory_entries=2) as c:
+        for i in range(10):
+            c.add(seq(i), 0)
+        assert c.get(seq(0)) is not None  # seq(0) is now the most recently used
+        c.add(seq(10), 1)  # over the bound: evict down to 9
+        assert len(c) == 9
+        assert c.get(seq(0)) is not None
+        assert c.get(seq(1)) is None and c.get(seq(2)) is None
+
+
+def test_recency_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, max_entries=10) as c:
+        for i in range(10):
+            c.add(seq(i), 0)
+        c.get(seq(0))
+    with SequenceCache(path, max_entries=10) as c:
+        c.add(seq(10), 1)
+        assert c.get(seq(0)) is not None and c.get(seq(1)) is None
+
+
+# ---------------------------------------------------------------- get_many and stats
+
+
+def test_get_many_order_with_mixed_hits_misses_and_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, memory_entries=2) as c:
+        c.add_many([(seq(i), i % 2, {"v": i % 2}) for i in range(6)])
+        # seq(4) and seq(5) are in memory, the others only in SQLite.
+        query = [seq(5), A, seq(0), seq(5), seq(3), A, seq(0), B, seq(2)]
+        got = c.get_many(query)
+        assert len(got) == len(query)
+        for events, entry in zip(query, got, strict=True):
+            if events in (A, B):
+                assert entry is None
+            else:
+                assert entry is not None and entry.events == events
+                assert entry.key == key_of(events) and entry.label == int(events[0][1:]) % 2
+        s = c.stats()
+        assert (s["hits"], s["misses"], s["lookups"]) == (6, 3, 9)
+        assert c.get_many([]) == []
+
+
+def test_get_many_in_chunks_beyond_the_parameter_limit(tmp_path: Path) -> None:
+    n = 2000
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path) as c:
+        c.add_many([(seq(i), i % 2, None) for i in range(n)])
+    with SequenceCache(path, memory_entries=10) as c:
+        query = [seq(i) for i in range(n + 5)] * 2
+        got = c.get_many(query)
+        assert [e.label if e else None for e in got[: n + 5]] == [i % 2 for i in range(n)] + [
+            None
+        ] * 5
+        assert got[n + 5 :] == got[: n + 5]
+        assert c.stats()["memory_entries"] == 10
+
+
+def test_stats_add_up(cache: SequenceCache) -> None:
+    cache.add_many([(seq(i), 1, VOTES) for i in range(20)])
+    lookups = 0
+    for _ in range(3):
+        cache.get_many([seq(i) for i in range(0, 40, 3)])
+        lookups += len(range(0, 40, 3))
+    cache.get(seq(1))
+    cache.get(key_of(A))
+    lookups += 2
+    s = cache.stats()
+    assert s["hits"] + s["misses"] == s["lookups"] == lookups
+    assert s["hit_rate"] == pytest.approx(s["hits"] / lookups)
+    assert s["entries"] == 20 and s["errors"] == 0 and s["evictions"] == 0
+    assert s["approx_memory_bytes"] > 20 * 100
+    if cache.path is None:
+        assert s["db_bytes"] == 0 and s["path"] is None
+    else:
+        assert s["db_bytes"] > 0 and s["path"] == str(cache.path)
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def test_locked_database_keeps_answers_in_memory(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, timeout=0.05) as c:
+        c.add(A, 1)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with caplog.at_level(logging.WARNING, logger="flexlog.cache"):
+                c.add_many([(B, 1, VOTES), (C, 0, None)])  # must not raise
+            assert any(r.name == "flexlog.cache" for r in caplog.records)
+            assert c.get(B).label == 1 and c.get(C).label == 0 and c.get(A).label == 1
+            s = c.stats()
+            assert s["errors"] == 1 and s["unsaved"] == 2
+            with pytest.raises(CacheError, match="correction"):
+                c.update(A, 0)  # a human correction is never dropped silently
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        c.add(seq(1), 1)  # the unsaved answers are written with the next call
+        assert c.stats()["unsaved"] == 0
+    with SequenceCache(path) as c:
+        assert len(c) == 4 and c.get(B).votes == VOTES
+
+
+def test_read_only_mode_serves_from_memory(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path) as c:
+        c.add(A, 1)
+        c.update(B, 0)
+    with SequenceCache(path, read_only=True) as c:
+        assert c.get(A).label == 1
+        c.add_many([(C, 1, None), (B, 1, None)])  # no error: kept in memory only
+        assert c.get(C).label == 1
+        assert (c.get(B).label, c.get(B).source) == (0, "human")
+        with pytest.raises(CacheError, match="read-only"):
+            c.update(A, 0)
+        with pytest.raises(CacheError, match="read-only"):
+            c.delete(A)
+        assert c.stats()["read_only"] is True
+    with SequenceCache(path) as c:
+        assert len(c) == 2 and c.get(C) is None
+    with pytest.raises(InputError, match="does not exist"):
+        SequenceCache(tmp_path / "missing.sqlite", read_only=True)
+
+
+@pytest.mark.parametrize("lock_dir", [False, True])
+def test_unwritable_file_keeps_answers_in_memory(tmp_path: Path, lock_dir: bool) -> None:
+    folder = tmp_path / "ro"
+    path = folder / "c.sqlite"
+    with SequenceCache(path) as c:
+        c.add(A, 1)
+    path.chmod(0o444)
+    if lock_dir:
+        folder.chmod(0o555)
+    try:
+        if os.access(path, os.W_OK) or (lock_dir and os.access(folder, os.W_OK)):
+            pytest.skip("permissions are not enforced (running as root)")
+        with SequenceCache(path, timeout=0.05) as c:
+            assert c.get(A).label == 1
+            c.add_many([(B, 0, None)])  # must not raise
+            assert c.get(B).label == 0
+            assert c.stats()["errors"] >= 1
+    finally:
+        folder.chmod(stat.S_IRWXU)
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_database_error_on_read_falls_back_to_memory(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, memory_entries=1) as c:
+        c.add_many([(A, 1, None), (B, 0, None)])  # only B stays in memory
+        raw = sqlite3.connect(path)
+        raw.execute("DROP TABLE entries")  # another process breaks the database
+        raw.commit()
+        raw.close()
+        assert c.get_many([A, B]) == [None, c.get(B)]
+        c.add(C, 1)  # must not raise
+        assert c.get(C).label == 1
+        s = c.stats()
+        assert s["errors"] >= 2 and s["hits"] + s["misses"] == s["lookups"] == 4
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database\n" * 50, b"SQLite format 3\x00" + b"\x07" * 5000],
+    ids=["text", "bad-pages"],
+)
+def test_corrupt_file_is_an_input_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=str(path)):
+        SequenceCache(path)
+
+
+def test_unrelated_or_newer_database_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    raw = sqlite3.connect(other)
+    raw.execute("CREATE TABLE t (x)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(InputError, match="not a flexlog cache"):
+        SequenceCache(other)
+
+    newer = tmp_path / "newer.sqlite"
+    SequenceCache(newer).close()
+    raw = sqlite3.connect(newer)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.commit()
+    raw.close()
+    with pytest.raises(InputError, match="newer"):
+        SequenceCache(newer)
+    with pytest.raises(InputError, match="directory"):
+        SequenceCache(tmp_path)
+
+
+# ---------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+def test_thread_safety_smoke(tmp_path: Path, mode: str) -> None:
+    path = None if mode == "memory" else tmp_path / "c.sqlite"
+    errors: list[BaseException] = []
+    lookups = [0] * 4
+
+    with SequenceCache(path, max_entries=300, memory_entries=50) as c:
+
+        def work(t: int) -> None:
+            try:
+                for i in range(1000):
+                    s = seq(t * 1000 + i % 400)
+                    op = i % 10
+                    if op < 4:
+                        c.add_many([(s, i % 2, {"t": t % 2})])
+                    elif op < 8:
+                        lookups[t] += len(c.get_many([s, seq(i % 50), s]))
+                    elif op == 8:
+                        c.update(s, 1)
+                    else:
+                        c.delete(s)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors
+        s = c.stats()
+        assert s["lookups"] == s["hits"] + s["misses"] == sum(lookups)
+        assert s["entries"] <= 300 and s["errors"] == 0
