@@ -17,7 +17,7 @@ from sklearn.preprocessing import normalize
 
 from flexlog.data.records import LogSequence
 
-_PARAM = re.compile(r"<\*>|\d+")
+_PARAM = re.compile(r"<[A-Z*_]+>|\d+")
 
 
 def _clean(template: str) -> str:

@@ -77,6 +77,14 @@ class IngestReport:
         self.read += 1
         self.rejections.append(Rejection(source, line, reason))
 
+    def reject_accepted(self, rejection: Rejection) -> None:
+        """An item an earlier stage accepted and a later stage rejects (e.g. a parsed log line
+        that belongs to no session): it moves from accepted to rejected; ``read`` is unchanged."""
+        if self.accepted < 1:
+            raise ValueError("no accepted item to reject")
+        self.accepted -= 1
+        self.rejections.append(rejection)
+
     def merge(self, other: IngestReport) -> None:
         self.read += other.read
         self.accepted += other.accepted

@@ -1,0 +1,232 @@
+"""``flexlog bench``: throughput of the ML path with and without the cache, and cache memory.
+
+The workload is HDFS sessions (the DeepLog files) with random delete / duplicate / shuffle
+changes, so that a large batch holds many distinct sequences, as logs of an upgraded system do.
+Four paths are timed on the same batch:
+
+* ``voters``: every voter on every sequence (no de-duplication, no cache);
+* ``detector``: the pipeline without a cache (distinct sequences voted once per batch);
+* ``cache cold``: the pipeline with an empty SQLite cache (lookups, votes, inserts);
+* ``cache warm``: the same batch again, answered from the cache.
+
+Results go to ``OUT/bench.json``, ``OUT/bench.md`` and ``OUT/bench.png``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import random
+import shutil
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from flexlog.cache import SequenceCache
+from flexlog.data.hdfs import load_hdfs_sessions
+from flexlog.data.records import LogSequence
+from flexlog.data.ulad import INJECTIONS, build_synhdfs_u, inject
+from flexlog.detector import Detector, make_detector
+
+PATHS = ("voters", "detector", "cache cold", "cache warm")
+
+
+def workload(pool: Sequence[LogSequence], n: int, seed: int = 0) -> list[LogSequence]:
+    """``n`` sessions drawn from ``pool``, each changed 0-3 times at random."""
+    rng = random.Random(seed)
+    templates = {ev for s in pool for ev in s.events}
+    out = []
+    for i in range(n):
+        base = rng.choice(pool)
+        events = base.events
+        for _ in range(rng.randrange(4)):
+            events = inject(events, rng.choice(INJECTIONS), templates, rng) or events
+        out.append(LogSequence(f"b{i}", events, base.label))
+    return out
+
+
+def _timed(fn) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _predict_all(detector: Detector, seqs: list[LogSequence], batch_size: int) -> None:
+    for _ in detector.predict_stream(seqs, batch_size=batch_size):
+        pass
+
+
+def cache_memory(n: int = 200_000, seed: int = 0) -> dict[str, float]:
+    """Bytes per entry of the in-memory LRU (traced allocations) and of the SQLite file,
+    measured on ``n`` distinct entries and scaled to one million."""
+    rng = random.Random(seed)
+    keys = [tuple(f"E{rng.randrange(30)}" for _ in range(rng.randrange(5, 30))) for _ in range(n)]
+    votes = {"knn": 0, "dt": 1, "slfn": 0}
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    mem = SequenceCache(None, max_entries=n + 1, memory_entries=n + 1)
+    mem.add_many((k, 1, votes) for k in keys)
+    lru_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    mem.close()
+    tmp = Path(tempfile.mkdtemp(prefix="flexlog-bench-"))
+    try:
+        db = SequenceCache(tmp / "cache.sqlite", max_entries=n + 1, memory_entries=1000)
+        for i in range(0, n, 50_000):
+            db.add_many((k, 1, votes) for k in keys[i : i + 50_000])
+        db_bytes = db.stats()["db_bytes"]
+        db.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "entries_measured": n,
+        "lru_bytes_per_entry": lru_bytes / n,
+        "lru_mb_per_million": lru_bytes / n * 1e6 / 2**20,
+        "sqlite_bytes_per_entry": db_bytes / n,
+        "sqlite_mb_per_million": db_bytes / n * 1e6 / 2**20,
+    }
+
+
+def run_bench(
+    sizes: Sequence[int],
+    *,
+    out_dir: Path,
+    datasets: Path,
+    console: Console | None = None,
+    batch_size: int = 8192,
+    voters: Sequence[str] = ("knn", "dt", "slfn"),
+) -> dict:
+    """Time the four paths for each batch size; write and print the report."""
+    console = console or Console()
+    if not sizes or any(n < 1 for n in sizes):
+        raise ValueError(f"sizes must be positive integers, got {list(sizes)}")
+    src = datasets / "hdfs"
+    normal = load_hdfs_sessions(src / "hdfs_train", 0)
+    abnormal = load_hdfs_sessions(src / "hdfs_test_abnormal", 1)
+    ds = build_synhdfs_u(normal, abnormal, 0.1, seed=0)
+    detector = make_detector(list(voters), {}, 0).fit(ds.limited_train)
+    pool = normal + abnormal
+    rows = []
+    for n in tqdm(sizes, desc="bench", unit="size"):
+        seqs = workload(pool, n, seed=n)
+        distinct = len({s.events for s in seqs})
+        times = {}
+        times["voters"] = _timed(
+            lambda seqs=seqs: [
+                detector.ensemble.votes([s.events for s in seqs[i : i + batch_size]])
+                for i in range(0, len(seqs), batch_size)
+            ]
+        )
+        plain = Detector(detector.ensemble)
+        times["detector"] = _timed(lambda seqs=seqs, d=plain: _predict_all(d, seqs, batch_size))
+        tmp = Path(tempfile.mkdtemp(prefix="flexlog-bench-"))
+        try:
+            cache = SequenceCache(
+                tmp / "cache.sqlite", max_entries=max(n, 1000), memory_entries=max(n, 1000)
+            )
+            cached = Detector(detector.ensemble, cache)
+            times["cache cold"] = _timed(
+                lambda seqs=seqs, d=cached: _predict_all(d, seqs, batch_size)
+            )
+            times["cache warm"] = _timed(
+                lambda seqs=seqs, d=cached: _predict_all(d, seqs, batch_size)
+            )
+            hit_rate = cache.stats()["hit_rate"]
+            cache.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        rows.append(
+            {
+                "sequences": n,
+                "distinct": distinct,
+                "seconds": times,
+                "per_second": {k: n / t for k, t in times.items()},
+                "cache_hit_rate_after_warm": hit_rate,
+            }
+        )
+    memory = cache_memory()
+    report = {
+        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+        "voters": list(voters),
+        "batch_size": batch_size,
+        "rows": rows,
+        "cache_memory": memory,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_dir / "bench.md").write_text(_markdown(report))
+    _plot(report, out_dir / "bench.png")
+    console.print(_table(report))
+    console.print(
+        f"cache memory per million entries: LRU {memory['lru_mb_per_million']:.0f} MiB, "
+        f"SQLite {memory['sqlite_mb_per_million']:.0f} MiB"
+    )
+    console.print(f"report written to {out_dir}/bench.md, bench.json, bench.png")
+    return report
+
+
+def _table(report: dict) -> Table:
+    table = Table(title="ML path throughput (sequences per second)")
+    table.add_column("sequences", justify="right")
+    table.add_column("distinct", justify="right")
+    for p in PATHS:
+        table.add_column(p, justify="right")
+    for r in report["rows"]:
+        table.add_row(
+            f"{r['sequences']:,}",
+            f"{r['distinct']:,}",
+            *(f"{r['per_second'][p]:,.0f}" for p in PATHS),
+        )
+    return table
+
+
+def _markdown(report: dict) -> str:
+    lines = [
+        "# flexlog bench: ML path throughput (sequences per second)",
+        "",
+        f"Voters: {', '.join(report['voters'])}; batch size {report['batch_size']}.",
+        "",
+        "| sequences | distinct | " + " | ".join(PATHS) + " |",
+        "|---:|---:|" + "---:|" * len(PATHS),
+    ]
+    for r in report["rows"]:
+        cells = [f"{r['per_second'][p]:,.0f}" for p in PATHS]
+        lines.append(f"| {r['sequences']:,} | {r['distinct']:,} | " + " | ".join(cells) + " |")
+    m = report["cache_memory"]
+    lines += [
+        "",
+        f"Cache memory per million entries: in-memory LRU {m['lru_mb_per_million']:.0f} MiB "
+        f"({m['lru_bytes_per_entry']:.0f} B/entry), SQLite file {m['sqlite_mb_per_million']:.0f} MiB "
+        f"({m['sqlite_bytes_per_entry']:.0f} B/entry), measured on {m['entries_measured']:,} entries.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sizes = [r["sequences"] for r in report["rows"]]
+    for p in PATHS:
+        ax.plot(sizes, [r["per_second"][p] for r in report["rows"]], marker="o", label=p)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sequences in the run")
+    ax.set_ylabel("sequences per second")
+    ax.set_title("flexlog ML path throughput")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

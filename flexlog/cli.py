@@ -1,0 +1,663 @@
+"""The ``flexlog`` command line. Command names and flags are a public contract."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from flexlog import __version__
+from flexlog.data.records import (
+    IngestReport,
+    InputError,
+    LogSequence,
+    iter_jsonl,
+    read_jsonl,
+)
+
+
+def _datasets_dir() -> Path:
+    """Where the public datasets live: $FLEXLOG_DATASETS, else ../shared/datasets beside the
+    working directory or beside the source checkout."""
+    if env := os.environ.get("FLEXLOG_DATASETS"):
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base.parent / "shared" / "datasets"
+        if candidate.is_dir():
+            return candidate
+    return Path("../shared/datasets")
+
+
+DATASETS = _datasets_dir()
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+class CliError(Exception):
+    """An error to print as one line and exit with status 2."""
+
+
+def _default_source(*parts: str) -> Path:
+    return DATASETS.joinpath(*parts)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _print_report(report: IngestReport, *, limit: int = 20) -> None:
+    err.print(f"[bold]input:[/] {report.summary()}")
+    for rej in report.rejections[:limit]:
+        err.print(f"  rejected {escape(str(rej))}", soft_wrap=True)
+    if report.rejected > limit:
+        err.print(f"  ... and {report.rejected - limit} more rejected")
+
+
+def _write_rejections(path: Path, report: IngestReport) -> Path | None:
+    if not report.rejections:
+        return None
+    rpath = path.with_name(path.name + ".rejected.jsonl")
+    with rpath.open("w", encoding="utf-8") as fh:
+        for rej in report.rejections:
+            fh.write(json.dumps(rej.to_json()) + "\n")
+    return rpath
+
+
+def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    table = Table(title=title)
+    for col in ("model", "precision", "recall", "F1", "TP", "FP", "FN", "TN"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in rows.items():
+        table.add_row(
+            name,
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"[bold]{m['f1']:.3f}[/]",
+            *(str(m[k]) for k in ("tp", "fp", "fn", "tn")),
+        )
+    return table
+
+
+# -- dataset -------------------------------------------------------------------------------
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from flexlog.data import ulad
+    from flexlog.data.adfa import load_adfa
+    from flexlog.data.hdfs import load_hdfs_sessions
+    from flexlog.data.templates import read_templates
+
+    if args.kind == "adfa-u":
+        if not args.holdout:
+            raise CliError("adfa-u needs --holdout")
+        corpus = load_adfa(args.source or _default_source("adfa-ld"))
+        if corpus.report.rejected:
+            _print_report(corpus.report)
+        ratio = None if args.test_normal_ratio == "all" else float(args.test_normal_ratio)
+        ds = ulad.build_adfa_u(
+            corpus,
+            args.holdout,
+            seed=args.seed,
+            normal_train_fraction=args.normal_train_fraction,
+            test_normal_ratio=ratio,
+            per_class=args.per_class,
+        )
+    else:
+        if args.ratio is None:
+            raise CliError(f"{args.kind} needs --ratio")
+        src = Path(args.source or _default_source("hdfs"))
+        report = IngestReport()
+        normal = load_hdfs_sessions(src / "hdfs_train", 0, report)
+        abnormal = load_hdfs_sessions(src / "hdfs_test_abnormal", 1, report)
+        templates = read_templates(src / "HDFS_templates.csv")
+        if report.rejected:
+            _print_report(report)
+        kw = dict(
+            seed=args.seed,
+            train_fraction=args.train_fraction,
+            anomaly_rate=args.anomaly_rate,
+            normal_fraction=args.normal_fraction,
+        )
+        if args.kind == "synhdfs-u":
+            ds = ulad.build_synhdfs_u(normal, abnormal, args.ratio, templates=templates, **kw)
+        else:
+            ds = ulad.build_template_evolution(normal, abnormal, templates, args.ratio, **kw)
+    paths = ds.write(args.out)
+    info = ds.info
+    table = Table(title=f"{ds.name} (seed {args.seed})")
+    for col in ("split", "normal", "anomalous", "total"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split in ("train", "limited_train", "test"):
+        c = info[split]
+        table.add_row(split, str(c["normal"]), str(c["anomalous"]), str(c["total"]))
+    out.print(table)
+    out.print(
+        f"duplication ratio (test sequences also in train, removed): {info['duplication_ratio']:.3f}"
+    )
+    out.print(f"written to {Path(args.out)}: " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
+# -- train ---------------------------------------------------------------------------------
+def _parse_params(specs: list[str], voters: list[str]) -> dict[str, dict]:
+    """``--param knn.scaling=log1p`` → {"knn": {"scaling": "log1p"}} (values parsed as JSON)."""
+    params: dict[str, dict] = {v: {} for v in voters}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        voter, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise CliError(f"--param {spec!r}: expected VOTER.NAME=VALUE")
+        if voter not in params:
+            raise CliError(f"--param {spec!r}: voter {voter!r} is not among {voters}")
+        try:
+            params[voter][name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[voter][name] = value
+    return params
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flexlog.bundle import save_bundle
+    from flexlog.data.templates import read_templates
+    from flexlog.detector import make_detector
+    from flexlog.voters.registry import parse_voter_list
+
+    voters = parse_voter_list(args.voters)
+    params = _parse_params(args.param, voters)
+    train_path = Path(args.train)
+    seqs, report = read_jsonl(train_path, require_label=True)
+    if report.rejected:
+        _print_report(report)
+    if not seqs:
+        raise CliError(f"{train_path}: no usable training sequences ({report.summary()})")
+    templates = read_templates(args.templates) if args.templates else None
+    detector = make_detector(voters, params, args.seed)
+    err.print(f"training {', '.join(voters)} on {len(seqs)} sequences from {train_path}")
+    detector.fit(seqs, progress=True)
+    data = {
+        "train": {
+            "path": str(train_path),
+            "sha256": _sha256(train_path),
+            "sequences": len(seqs),
+            "anomalous": sum(s.label == 1 for s in seqs),
+            "rejected": report.rejected,
+        }
+    }
+    if args.templates:
+        data["templates"] = {"path": str(args.templates), "sha256": _sha256(Path(args.templates))}
+    config = {"voters": voters, "params": params, "seed": args.seed}
+    metrics = {}
+    if args.eval:
+        metrics = _evaluate(detector, Path(args.eval), templates)["scores"]
+    path = save_bundle(
+        detector,
+        args.out,
+        config=config,
+        data=data,
+        metrics=metrics,
+        templates=templates,
+        overwrite=args.force,
+    )
+    if metrics:
+        out.print(_metrics_table(f"held-out metrics ({args.eval})", metrics))
+    out.print(f"bundle written to {path}")
+    return 0
+
+
+# -- score ---------------------------------------------------------------------------------
+def _raw_sequences(
+    paths: list[Path], preset: str, args: argparse.Namespace, report: IngestReport, parser=None
+):
+    """Parse raw log files into sequences. Returns the sequences and the parser (whose
+    ``templates()`` give the events' texts). Every line ends up accepted (in a sequence) or
+    rejected in ``report``."""
+    from flexlog.parsing import TemplateParser, partition, read_log_lines
+
+    files = [(p, list(read_log_lines(p, report))) for p in paths]
+    if parser is None:
+        parser = TemplateParser(preset)
+        parser.fit(line for _, lines in files for line in lines)
+    kw: dict = {}
+    if args.partition == "session":
+        kw["pattern"] = args.session_pattern
+    else:
+        kw["size"] = args.window
+        if args.partition == "sliding":
+            kw["step"] = args.step
+    seqs: list[LogSequence] = []
+    for path, lines in files:
+        parsed = parser.parse(lines, source=str(path), report=report)
+        stage = IngestReport()
+        seqs.extend(partition(parsed, args.partition, report=stage, source=str(path), **kw))
+        for rejection in stage.rejections:
+            report.reject_accepted(rejection)
+    return seqs, parser
+
+
+def _open_cache(args: argparse.Namespace, bundle_path: Path):
+    if getattr(args, "no_cache", False):
+        return None
+    from flexlog.cache import SequenceCache
+
+    return SequenceCache(Path(args.cache) if args.cache else bundle_path / "cache.sqlite")
+
+
+def _aligned(bundle, seqs: list[LogSequence], templates: dict[str, str] | None):
+    """Map events unknown to the bundle onto its closest known templates, if both sides
+    have template texts. Returns the sequences and how many keys were remapped."""
+    if not bundle.templates or not templates:
+        return seqs, 0
+    from flexlog.alignment import TemplateAligner, align_sequences
+
+    mapping = TemplateAligner(bundle.templates).mapping(templates)
+    return align_sequences(seqs, mapping), len(mapping)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from flexlog.bundle import load_bundle
+    from flexlog.data.templates import read_templates
+
+    bundle_path = Path(args.bundle)
+    bundle = load_bundle(bundle_path)
+    bundle.detector.cache = _open_cache(args, bundle_path)
+    report = IngestReport()
+    inputs = [Path(p) for p in args.input]
+    if args.format == "jsonl":
+        templates = read_templates(args.templates) if args.templates else None
+        seqs = [s for p in inputs for s in iter_jsonl(p, report)]
+    else:
+        from flexlog.parsing import TemplateParser
+
+        saved = bundle.parser_state and TemplateParser.from_dict(bundle.parser_state)
+        seqs, parser = _raw_sequences(inputs, args.format, args, report, saved or None)
+        templates = parser.templates()
+    seqs, remapped = _aligned(bundle, seqs, templates)
+    if remapped:
+        err.print(f"{remapped} unseen templates mapped to their closest known template")
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    anomalous = 0
+    with out_path.open("w", encoding="utf-8") as fh:
+        for verdict in tqdm(
+            bundle.detector.predict_stream(seqs, batch_size=args.batch_size),
+            total=len(seqs),
+            desc="scoring",
+            unit="seq",
+            disable=len(seqs) < 1000,
+        ):
+            fh.write(json.dumps(verdict.to_json(), separators=(",", ":")) + "\n")
+            anomalous += verdict.label
+    unit = "sequences" if args.format == "jsonl" else "log lines"
+    err.print(
+        f"[bold]scored:[/] {len(seqs)} sequences answered ({anomalous} anomalous) → {out_path}; "
+        f"{unit}: {report.read} read = {report.accepted} accepted + {report.rejected} rejected"
+    )
+    if report.rejected:
+        _print_report(report)
+        rpath = _write_rejections(out_path, report)
+        err.print(f"rejections written to {rpath}")
+    stats = bundle.detector.stats
+    err.print(f"cache hits {stats.cache_hits}, voted {stats.voted} distinct sequences")
+    if bundle.detector.cache is not None:
+        bundle.detector.cache.close()
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------------
+def _evaluate(detector, test_path: Path, templates=None, bundle=None) -> dict:
+    from flexlog.ensemble import majority_vote
+    from flexlog.evaluate import per_voter_scores
+
+    seqs, report = read_jsonl(test_path, require_label=True)
+    if not seqs:
+        raise CliError(f"{test_path}: no usable labelled sequences ({report.summary()})")
+    if bundle is not None:
+        seqs, _ = _aligned(bundle, seqs, templates)
+    votes = detector.ensemble.votes([s.events for s in seqs])
+    y = [s.label for s in seqs]
+    result = per_voter_scores(y, votes, majority_vote(votes))
+    if detector.cache is not None:  # what the service would answer, human corrections included
+        result["with_cache"] = per_voter_scores(y, {}, [v.label for v in detector.predict(seqs)])[
+            "ensemble"
+        ]
+    return {"scores": result, "report": report}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flexlog.bundle import load_bundle
+    from flexlog.data.templates import read_templates
+
+    bundle_path = Path(args.bundle)
+    bundle = load_bundle(bundle_path)
+    bundle.detector.cache = _open_cache(args, bundle_path) if args.cache else None
+    templates = read_templates(args.templates) if args.templates else None
+    res = _evaluate(bundle.detector, Path(args.test), templates, bundle)
+    scores, report = res["scores"], res["report"]
+    if args.json:
+        ens = scores["ensemble"]
+        payload = {**ens, "voters": {k: v for k, v in scores.items() if k != "ensemble"}}
+        payload["input"] = {
+            "read": report.read,
+            "accepted": report.accepted,
+            "rejected": report.rejected,
+        }
+        print(json.dumps(payload, indent=None))
+    else:
+        if report.rejected:
+            _print_report(report)
+        out.print(_metrics_table(f"{args.test} ({report.accepted} sequences)", scores))
+    return 0
+
+
+# -- cache ---------------------------------------------------------------------------------
+def _cache_target(args: argparse.Namespace):
+    from flexlog.cache import SequenceCache
+
+    if args.cache:
+        return SequenceCache(Path(args.cache))
+    if args.bundle:
+        return SequenceCache(Path(args.bundle) / "cache.sqlite")
+    raise CliError("give --bundle or --cache")
+
+
+def _cache_key(args: argparse.Namespace):
+    if bool(args.events) == bool(args.key):
+        raise CliError("give exactly one of --events or --key")
+    if args.events:
+        events = tuple(args.events.replace(",", " ").split())
+        if not events:
+            raise CliError("--events is empty")
+        return events
+    return args.key
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from flexlog.data.records import parse_label
+
+    with _cache_target(args) as cache:
+        if args.action == "stats":
+            stats = cache.stats()
+            if args.json:
+                print(json.dumps(stats))
+            else:
+                table = Table(title="sequence cache")
+                table.add_column("statistic")
+                table.add_column("value", justify="right")
+                for k, v in stats.items():
+                    table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+                out.print(table)
+        elif args.action == "update":
+            if args.label is None:
+                raise CliError("cache update needs --label normal|anomalous")
+            try:
+                label = parse_label(args.label)
+            except ValueError as exc:
+                raise CliError(str(exc)) from exc
+            entry = cache.update(_cache_key(args), label)
+            out.print(f"label of {entry.key} set to {('normal', 'anomalous')[entry.label]} (human)")
+        elif args.action == "delete":
+            key = _cache_key(args)
+            if cache.delete(key):
+                out.print("deleted")
+            else:
+                raise CliError("no such cache entry")
+    return 0
+
+
+# -- voters, parse, bench, experiment ---------------------------------------------------------
+def cmd_voters(args: argparse.Namespace) -> int:
+    from flexlog.voters.registry import DEFAULT_VOTERS, available_voters
+
+    table = Table(title="registered voters")
+    table.add_column("name")
+    table.add_column("class")
+    table.add_column("default", justify="center")
+    for name, cls in sorted(available_voters().items()):
+        table.add_row(
+            name, f"{cls.__module__}.{cls.__qualname__}", "yes" if name in DEFAULT_VOTERS else ""
+        )
+    out.print(table)
+    return 0
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from flexlog.data.records import write_jsonl
+    from flexlog.data.templates import write_templates
+
+    report = IngestReport()
+    seqs, parser = _raw_sequences([Path(p) for p in args.input], args.preset, args, report)
+    n = write_jsonl(args.out, seqs)
+    if args.templates_out:
+        write_templates(args.templates_out, parser.templates())
+    _print_report(report)
+    out.print(f"{n} sequences, {len(parser.templates())} templates → {args.out}")
+    return 0
+
+
+def cmd_parse_accuracy(args: argparse.Namespace) -> int:
+    from flexlog.parsing.accuracy import grouping_report
+
+    rows = grouping_report(Path(args.datasets))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = Table(title="Drain3 grouping accuracy against loghub ground truth")
+    for col in ("system", "preset", "lines", "templates (truth)", "templates (found)", "accuracy"):
+        table.add_column(col, justify="left" if col in ("system", "preset") else "right")
+    for r in rows:
+        table.add_row(
+            str(r.get("system")),
+            str(r.get("preset")),
+            str(r.get("n_lines")),
+            str(r.get("n_templates_truth")),
+            str(r.get("n_templates_predicted")),
+            f"{r['accuracy']:.3f}",
+        )
+    out.print(table)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from flexlog.bench import run_bench
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    run_bench(sizes, out_dir=Path(args.out), datasets=Path(args.datasets), console=out)
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from flexlog.experiment import run_experiment
+    from flexlog.voters.registry import parse_voter_list
+
+    voters = parse_voter_list(args.voters)
+    seeds = list(range(args.seeds))
+    run_experiment(
+        args.kind,
+        seeds=seeds,
+        voters=voters,
+        params=_parse_params(args.param, voters),
+        datasets=Path(args.datasets),
+        out_dir=Path(args.out),
+        test_normal_ratio=None
+        if args.test_normal_ratio == "all"
+        else float(args.test_normal_ratio),
+        console=out,
+    )
+    return 0
+
+
+# -- argument parsing ------------------------------------------------------------------------
+def _add_partition_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--partition",
+        choices=("session", "fixed", "sliding"),
+        default="session",
+        help="how raw lines become sequences (default: by session id)",
+    )
+    p.add_argument("--session-pattern", help="regex whose first match is a line's session id")
+    p.add_argument("--window", type=int, default=20, help="window size for fixed/sliding")
+    p.add_argument("--step", type=int, default=1, help="step of the sliding window")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="flexlog", description="Anomaly detection on unstable logs (FlexLog method)."
+    )
+    ap.add_argument("--version", action="version", version=f"flexlog {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ds = sub.add_parser("dataset", help="build ULAD datasets").add_subparsers(
+        dest="dataset_command", required=True, metavar="ACTION"
+    )
+    b = ds.add_parser("build", help="build a ULAD configuration as JSONL files")
+    b.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
+    b.add_argument("--holdout", choices=("adduser", "hydraFTP", "hydraSSH", "java", "meter", "web"))
+    b.add_argument(
+        "--ratio",
+        type=float,
+        help="share of test sequences changed (synhdfs-u, template-evolution)",
+    )
+    b.add_argument(
+        "--source", help="dataset directory (default: ../shared/datasets/{adfa-ld,hdfs})"
+    )
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--normal-train-fraction", type=float, default=0.5, help="adfa-u: normal traces to train"
+    )
+    b.add_argument(
+        "--test-normal-ratio",
+        default="1.0",
+        help="adfa-u: test normals per held-out attack trace, or 'all' (default 1.0)",
+    )
+    b.add_argument(
+        "--per-class", type=int, default=500, help="adfa-u limited set: samples per class"
+    )
+    b.add_argument(
+        "--train-fraction", type=float, default=0.5, help="hdfs: normal sessions to train"
+    )
+    b.add_argument(
+        "--anomaly-rate", type=float, default=0.1, help="hdfs: anomalous share of each split"
+    )
+    b.add_argument(
+        "--normal-fraction",
+        type=float,
+        default=0.2,
+        help="hdfs limited set: share of unique normals",
+    )
+    b.set_defaults(func=cmd_dataset_build)
+
+    t = sub.add_parser("train", help="train a detector and write a bundle")
+    t.add_argument("--train", required=True, help="labelled canonical JSONL")
+    t.add_argument("--templates", help="EventId,EventTemplate CSV of the events")
+    t.add_argument("--voters", default="knn,dt,slfn", help="comma-separated voter names")
+    t.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="VOTER.NAME=VALUE",
+        help="voter hyper-parameter",
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval", help="labelled JSONL to evaluate on and record in the manifest")
+    t.add_argument("--out", required=True, help="bundle directory")
+    t.add_argument("--force", action="store_true", help="replace an existing bundle")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help="score sequences or raw logs with a bundle")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--input", required=True, action="append", help="input file (repeatable)")
+    s.add_argument("--out", required=True, help="predictions JSONL, one line per input sequence")
+    s.add_argument(
+        "--format",
+        default="jsonl",
+        help="jsonl (canonical sequences) or a log preset for raw logs (hdfs, openssh, ...)",
+    )
+    s.add_argument("--templates", help="EventId,EventTemplate CSV for the input's events (jsonl)")
+    _add_partition_args(s)
+    s.add_argument("--cache", help="cache database (default: BUNDLE/cache.sqlite)")
+    s.add_argument("--no-cache", action="store_true", help="answer every sequence with the voters")
+    s.add_argument("--batch-size", type=int, default=4096)
+    s.set_defaults(func=cmd_score)
+
+    e = sub.add_parser("evaluate", help="precision / recall / F1 of a bundle on labelled data")
+    e.add_argument("--bundle", required=True)
+    e.add_argument("--test", required=True, help="labelled canonical JSONL")
+    e.add_argument("--templates", help="EventId,EventTemplate CSV of the test events")
+    e.add_argument("--cache", action="store_true", help="also report answers through the cache")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate, no_cache=False)
+
+    c = sub.add_parser("cache", help="inspect or correct the sequence cache")
+    c.add_argument("action", choices=("stats", "update", "delete"))
+    c.add_argument("--bundle", help="use BUNDLE/cache.sqlite")
+    c.add_argument("--cache", help="cache database path")
+    c.add_argument("--events", help="the sequence, space- or comma-separated event keys")
+    c.add_argument("--key", help="the entry's hex key")
+    c.add_argument("--label", help="normal or anomalous (update)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache)
+
+    v = sub.add_parser("voters", help="list the registered voters")
+    v.set_defaults(func=cmd_voters)
+
+    p = sub.add_parser("parse", help="parse raw logs into canonical sequences (Drain3)")
+    p.add_argument("--preset", default="generic", help="log format and masking preset")
+    p.add_argument("--input", required=True, action="append")
+    p.add_argument("--out", required=True, help="canonical JSONL")
+    p.add_argument("--templates-out", help="write the mined EventId,EventTemplate CSV")
+    _add_partition_args(p)
+    p.set_defaults(func=cmd_parse)
+
+    pa = sub.add_parser("parse-accuracy", help="grouping accuracy of the presets on loghub samples")
+    pa.add_argument("--datasets", default=str(DATASETS))
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_parse_accuracy)
+
+    bn = sub.add_parser("bench", help="throughput of the ML path and the cache")
+    bn.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated batch sizes")
+    bn.add_argument("--datasets", default=str(DATASETS))
+    bn.add_argument("--out", default="runs/bench")
+    bn.set_defaults(func=cmd_bench)
+
+    x = sub.add_parser("experiment", help="ULAD experiment: voters and ensemble over seeds")
+    x.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
+    x.add_argument("--seeds", type=int, default=5)
+    x.add_argument("--voters", default="knn,dt,slfn")
+    x.add_argument("--param", action="append", default=[], metavar="VOTER.NAME=VALUE")
+    x.add_argument(
+        "--test-normal-ratio", default="1.0", help="adfa-u: normals per attack, or 'all'"
+    )
+    x.add_argument("--datasets", default=str(DATASETS))
+    x.add_argument("--out", default=None, help="report directory (default runs/experiment-KIND)")
+    x.set_defaults(func=cmd_experiment)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "experiment" and args.out is None:
+        args.out = f"runs/experiment-{args.kind}"
+    try:
+        return args.func(args)
+    except (CliError, InputError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        err.print(f"[bold red]error:[/] {escape(str(msg))}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""ULAD experiments: every voter alone and the ensemble, over several seeds, with
+Mann-Whitney U tests, written as JSON, a Markdown table and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from flexlog.alignment import TemplateAligner, align_sequences
+from flexlog.data.ulad import SYNHDFS_RATIOS, UladDataset
+from flexlog.detector import make_detector
+from flexlog.ensemble import majority_vote
+from flexlog.evaluate import mann_whitney, scores
+
+ALIGNED = "ensemble+align"
+
+
+def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
+    """(variant names, build(variant, seed) -> UladDataset) for one kind of experiment."""
+    from flexlog.data import ulad
+
+    if kind == "adfa-u":
+        from flexlog.data.adfa import ATTACK_TYPES, load_adfa
+
+        corpus = load_adfa(datasets / "adfa-ld")
+
+        def build(variant, seed):
+            return ulad.build_adfa_u(
+                corpus, variant, seed=seed, test_normal_ratio=test_normal_ratio
+            )
+
+        return list(ATTACK_TYPES), build
+    from flexlog.data.hdfs import load_hdfs_sessions
+    from flexlog.data.templates import read_templates
+
+    src = datasets / "hdfs"
+    normal = load_hdfs_sessions(src / "hdfs_train", 0)
+    abnormal = load_hdfs_sessions(src / "hdfs_test_abnormal", 1)
+    templates = read_templates(src / "HDFS_templates.csv")
+    if kind == "synhdfs-u":
+
+        def build(variant, seed):
+            return ulad.build_synhdfs_u(normal, abnormal, variant, templates=templates, seed=seed)
+
+    elif kind == "template-evolution":
+
+        def build(variant, seed):
+            return ulad.build_template_evolution(normal, abnormal, templates, variant, seed=seed)
+
+    else:
+        raise ValueError(f"unknown experiment {kind!r}")
+    return list(SYNHDFS_RATIOS), build
+
+
+def run_one(ds: UladDataset, voters: Sequence[str], params: dict, seed: int) -> dict[str, dict]:
+    """Fit on the limited training set, score the test set: scores per voter and ensemble
+    (plus the ensemble with template alignment when the dataset has template texts)."""
+    det = make_detector(voters, params, seed)
+    det.fit(ds.limited_train)
+    test = ds.test
+    y = [s.label for s in test]
+    start = time.perf_counter()
+    votes = det.ensemble.votes([s.events for s in test])
+    seconds = time.perf_counter() - start
+    result = {name: scores(y, v) for name, v in votes.items()}
+    result["ensemble"] = scores(y, majority_vote(votes))
+    result["ensemble"]["predict_seconds"] = seconds
+    if ds.templates:
+        seen = {ev for s in ds.limited_train for ev in s.events}
+        known = {k: t for k, t in ds.templates.items() if k in seen}
+        unseen = {ev: ds.templates[ev] for s in test for ev in s.events if ev in ds.templates}
+        unseen = {k: t for k, t in unseen.items() if k not in seen}
+        if known and unseen:
+            aligned = align_sequences(test, TemplateAligner(known).mapping(unseen))
+            result[ALIGNED] = scores(y, det.ensemble.predict([s.events for s in aligned]))
+    return result
+
+
+def run_experiment(
+    kind: str,
+    *,
+    seeds: Sequence[int],
+    voters: Sequence[str],
+    params: dict | None = None,
+    datasets: Path,
+    out_dir: Path,
+    test_normal_ratio: float | None = 1.0,
+    console: Console | None = None,
+    progress: bool = True,
+    variants: Sequence | None = None,
+) -> dict:
+    """Run ``kind`` over all its variants (holdouts or ratios) and seeds; write the report."""
+    console = console or Console()
+    names, build = _builders(kind, datasets, test_normal_ratio)
+    names = list(variants) if variants is not None else names
+    runs: dict[str, dict[int, dict]] = {str(v): {} for v in names}
+    info: dict[str, dict] = {}
+    jobs = [(v, s) for v in names for s in seeds]
+    for variant, seed in tqdm(jobs, desc=f"{kind}", unit="run", disable=not progress):
+        ds = build(variant, seed)
+        runs[str(variant)][seed] = run_one(ds, voters, params or {}, seed)
+        info[f"{variant}/{seed}"] = ds.info
+    summary = summarize(runs)
+    report = {
+        "kind": kind,
+        "seeds": list(seeds),
+        "voters": list(voters),
+        "params": params or {},
+        "test_normal_ratio": test_normal_ratio if kind == "adfa-u" else None,
+        "runs": runs,
+        "summary": summary,
+        "datasets": info,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(kind, summary, seeds))
+    plot(summary, out_dir / "f1.png", title=f"{kind}: F1 over {len(seeds)} seeds")
+    console.print(rich_table(kind, summary, seeds))
+    console.print(f"report written to {out_dir}/results.md, results.json, f1.png")
+    return report
+
+
+def _models(runs: dict) -> list[str]:
+    first = next(iter(next(iter(runs.values())).values()))
+    order = [m for m in first if m not in ("ensemble", ALIGNED)]
+    return [*order, "ensemble"] + ([ALIGNED] if ALIGNED in first else [])
+
+
+def summarize(runs: dict[str, dict[int, dict]]) -> dict:
+    """Mean/std F1 per variant and model, the average over variants, and Mann-Whitney U of
+    the ensemble against each other model (per variant over seeds; overall over the per-seed
+    averages)."""
+    models = _models(runs)
+    out: dict = {"models": models, "variants": {}, "average": {}, "mann_whitney": {}}
+    seeds = sorted({s for r in runs.values() for s in r})
+    for variant, by_seed in runs.items():
+        row = {}
+        for m in models:
+            f1 = [by_seed[s][m]["f1"] for s in sorted(by_seed)]
+            row[m] = {"mean": float(np.mean(f1)), "std": float(np.std(f1)), "f1": f1}
+        row["mann_whitney"] = {
+            m: mann_whitney(row["ensemble"]["f1"], row[m]["f1"]) for m in models if m != "ensemble"
+        }
+        out["variants"][variant] = row
+    for m in models:
+        per_seed = [float(np.mean([runs[v][s][m]["f1"] for v in runs])) for s in seeds]
+        out["average"][m] = {
+            "mean": float(np.mean(per_seed)),
+            "std": float(np.std(per_seed)),
+            "f1": per_seed,
+        }
+    out["mann_whitney"] = {
+        m: mann_whitney(out["average"]["ensemble"]["f1"], out["average"][m]["f1"])
+        for m in models
+        if m != "ensemble"
+    }
+    return out
+
+
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def markdown_table(kind: str, summary: dict, seeds: Sequence[int]) -> str:
+    models = summary["models"]
+    lines = [
+        f"# {kind}: F1 (mean ± std over seeds {list(seeds)})",
+        "",
+        "| variant | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for variant, row in summary["variants"].items():
+        lines.append(f"| {variant} | " + " | ".join(_cell(row[m]) for m in models) + " |")
+    avg = summary["average"]
+    lines.append("| **average** | " + " | ".join(f"**{_cell(avg[m])}**" for m in models) + " |")
+    lines += [
+        "",
+        "Mann-Whitney U, ensemble vs each model (two-sided; A12 = P(ensemble > model)):",
+        "",
+    ]
+    lines.append("| variant | " + " | ".join(m for m in models if m != "ensemble") + " |")
+    lines.append("|---|" + "---|" * (len(models) - 1))
+    rows = [(v, r["mann_whitney"]) for v, r in summary["variants"].items()]
+    rows.append(("average over variants", summary["mann_whitney"]))
+    for variant, mw in rows:
+        cells = [f"p={mw[m]['p']:.3f}, A12={mw[m]['a12']:.2f}" for m in models if m != "ensemble"]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(kind: str, summary: dict, seeds: Sequence[int]) -> Table:
+    models = summary["models"]
+    table = Table(title=f"{kind}: F1 over {len(seeds)} seeds (mean ± std)")
+    table.add_column("variant")
+    for m in models:
+        table.add_column(m, justify="right")
+    for variant, row in summary["variants"].items():
+        table.add_row(variant, *(_cell(row[m]) for m in models))
+    table.add_row("[bold]average[/]", *(f"[bold]{_cell(summary['average'][m])}[/]" for m in models))
+    mw = summary["mann_whitney"]
+    table.add_row(
+        "MWU p (ens. vs)", *("" if m == "ensemble" else f"{mw[m]['p']:.3f}" for m in models)
+    )
+    return table
+
+
+def plot(summary: dict, path: Path, title: str) -> None:
+    """Grouped bars: F1 per variant and model, with the standard deviation as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = summary["models"]
+    variants = [*summary["variants"], "average"]
+    rows = [*summary["variants"].values(), summary["average"]]
+    x = np.arange(len(variants))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(variants)), 4))
+    for i, m in enumerate(models):
+        ax.bar(
+            x + (i - (len(models) - 1) / 2) * width,
+            [r[m]["mean"] for r in rows],
+            width,
+            yerr=[r[m]["std"] for r in rows],
+            label=m,
+            capsize=2,
+        )
+    ax.set_xticks(x, variants, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("F1")
+    ax.set_title(title)
+    ax.legend(ncol=min(len(models), 5), fontsize="small", loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
