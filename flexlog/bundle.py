@@ -190,6 +190,20 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def _voter_dir(path: Path, name: object, files: dict) -> Path:
+    """The state directory of voter ``name``: inside ``voters/``, with every file in it
+    listed (so hash-checked) in the manifest; nothing unverified is read."""
+    voters_root = (path / "voters").resolve()
+    vdir = path / "voters" / str(name)
+    if not isinstance(name, str) or voters_root not in vdir.resolve().parents:
+        raise BundleError(f"{path}/{MANIFEST}: voter name {name!r} points outside voters/")
+    for p in sorted(vdir.rglob("*")):
+        rel = p.relative_to(path).as_posix()
+        if p.is_file() and rel not in files:
+            raise BundleError(f"{path}: {rel} is not listed in the manifest")
+    return vdir
+
+
 def load_bundle(path: str | Path, *, cache=None) -> Bundle:
     """Load a bundle after checking its manifest; ``cache`` is attached to the detector."""
     path = Path(path)
@@ -204,8 +218,9 @@ def load_bundle(path: str | Path, *, cache=None) -> Bundle:
             cls = voter_class(kind)
         except ValueError as exc:
             raise BundleError(f"{path}: voter {name!r}: {exc}") from exc
+        vdir = _voter_dir(path, name, manifest["files"])
         try:
-            voters.append((name, cls.load_state(path / "voters" / name, params)))
+            voters.append((name, cls.load_state(vdir, params)))
         except (BundleFormatError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: voter {name!r}: {exc}") from exc
     if not voters:

@@ -66,9 +66,10 @@ def _print_report(report: IngestReport, *, limit: int = 20) -> None:
 
 
 def _write_rejections(path: Path, report: IngestReport) -> Path | None:
-    if not report.rejections:
-        return None
     rpath = path.with_name(path.name + ".rejected.jsonl")
+    if not report.rejections:
+        rpath.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return None
     with rpath.open("w", encoding="utf-8") as fh:
         for rej in report.rejections:
             fh.write(json.dumps(rej.to_json()) + "\n")
@@ -249,7 +250,9 @@ def _open_cache(args: argparse.Namespace, bundle_path: Path):
         return None
     from flexlog.cache import SequenceCache
 
-    return SequenceCache(Path(args.cache) if args.cache else bundle_path / "cache.sqlite")
+    # `evaluate --cache` is a flag (the bundle's own cache); `score --cache` is a path
+    path = Path(args.cache) if isinstance(args.cache, str) else bundle_path / "cache.sqlite"
+    return SequenceCache(path)
 
 
 def _aligned(bundle, seqs: list[LogSequence], templates: dict[str, str] | None):
@@ -299,13 +302,15 @@ def cmd_score(args: argparse.Namespace) -> int:
             anomalous += verdict.label
     unit = "sequences" if args.format == "jsonl" else "log lines"
     err.print(
-        f"[bold]scored:[/] {len(seqs)} sequences answered ({anomalous} anomalous) → {out_path}; "
+        f"[bold]scored:[/] {len(seqs)} sequences answered ({anomalous} anomalous) → {escape(str(out_path))}; "
         f"{unit}: {report.read} read = {report.accepted} accepted + {report.rejected} rejected"
     )
     if report.rejected:
         _print_report(report)
         rpath = _write_rejections(out_path, report)
         err.print(f"rejections written to {rpath}")
+    else:
+        _write_rejections(out_path, report)
     stats = bundle.detector.stats
     err.print(f"cache hits {stats.cache_hits}, voted {stats.voted} distinct sequences")
     if bundle.detector.cache is not None:
@@ -341,11 +346,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = load_bundle(bundle_path)
     bundle.detector.cache = _open_cache(args, bundle_path) if args.cache else None
     templates = read_templates(args.templates) if args.templates else None
-    res = _evaluate(bundle.detector, Path(args.test), templates, bundle)
+    try:
+        res = _evaluate(bundle.detector, Path(args.test), templates, bundle)
+    finally:
+        if bundle.detector.cache is not None:
+            bundle.detector.cache.close()
     scores, report = res["scores"], res["report"]
     if args.json:
         ens = scores["ensemble"]
-        payload = {**ens, "voters": {k: v for k, v in scores.items() if k != "ensemble"}}
+        voters = {k: v for k, v in scores.items() if k not in ("ensemble", "with_cache")}
+        payload = {**ens, "voters": voters}
+        if "with_cache" in scores:
+            payload["with_cache"] = scores["with_cache"]
         payload["input"] = {
             "read": report.read,
             "accepted": report.accepted,
@@ -366,7 +378,10 @@ def _cache_target(args: argparse.Namespace):
     if args.cache:
         return SequenceCache(Path(args.cache))
     if args.bundle:
-        return SequenceCache(Path(args.bundle) / "cache.sqlite")
+        bundle = Path(args.bundle)
+        if not (bundle / "manifest.json").is_file():  # a typo must not create a directory
+            raise CliError(f"{bundle}: not a flexlog bundle (no manifest.json)")
+        return SequenceCache(bundle / "cache.sqlite")
     raise CliError("give --bundle or --cache")
 
 
@@ -403,7 +418,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 label = parse_label(args.label)
             except ValueError as exc:
                 raise CliError(str(exc)) from exc
-            entry = cache.update(_cache_key(args), label)
+            try:
+                entry = cache.update(_cache_key(args), label)
+            except KeyError as exc:
+                raise CliError(exc.args[0] if exc.args else "no such cache entry") from exc
             out.print(f"label of {entry.key} set to {('normal', 'anomalous')[entry.label]} (human)")
         elif args.action == "delete":
             key = _cache_key(args)

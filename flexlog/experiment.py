@@ -59,9 +59,11 @@ def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
     return list(SYNHDFS_RATIOS), build
 
 
-def run_one(ds: UladDataset, voters: Sequence[str], params: dict, seed: int) -> dict[str, dict]:
+def run_one(
+    ds: UladDataset, voters: Sequence[str], params: dict, seed: int, *, align: bool = False
+) -> dict[str, dict]:
     """Fit on the limited training set, score the test set: scores per voter and ensemble
-    (plus the ensemble with template alignment when the dataset has template texts)."""
+    (plus, with ``align``, the ensemble after mapping unseen templates to known ones)."""
     det = make_detector(voters, params, seed)
     det.fit(ds.limited_train)
     test = ds.test
@@ -72,14 +74,14 @@ def run_one(ds: UladDataset, voters: Sequence[str], params: dict, seed: int) -> 
     result = {name: scores(y, v) for name, v in votes.items()}
     result["ensemble"] = scores(y, majority_vote(votes))
     result["ensemble"]["predict_seconds"] = seconds
-    if ds.templates:
+    if align and ds.templates:
         seen = {ev for s in ds.limited_train for ev in s.events}
         known = {k: t for k, t in ds.templates.items() if k in seen}
         unseen = {ev: ds.templates[ev] for s in test for ev in s.events if ev in ds.templates}
         unseen = {k: t for k, t in unseen.items() if k not in seen}
-        if known and unseen:
-            aligned = align_sequences(test, TemplateAligner(known).mapping(unseen))
-            result[ALIGNED] = scores(y, det.ensemble.predict([s.events for s in aligned]))
+        mapping = TemplateAligner(known).mapping(unseen) if known and unseen else {}
+        aligned = align_sequences(test, mapping)
+        result[ALIGNED] = scores(y, det.ensemble.predict([s.events for s in aligned]))
     return result
 
 
@@ -105,7 +107,9 @@ def run_experiment(
     jobs = [(v, s) for v in names for s in seeds]
     for variant, seed in tqdm(jobs, desc=f"{kind}", unit="run", disable=not progress):
         ds = build(variant, seed)
-        runs[str(variant)][seed] = run_one(ds, voters, params or {}, seed)
+        runs[str(variant)][seed] = run_one(
+            ds, voters, params or {}, seed, align=kind == "template-evolution"
+        )
         info[f"{variant}/{seed}"] = ds.info
     summary = summarize(runs)
     report = {
@@ -223,7 +227,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
     rows = [*summary["variants"].values(), summary["average"]]
     x = np.arange(len(variants))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(variants)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(variants)), 4.6))
     for i, m in enumerate(models):
         ax.bar(
             x + (i - (len(models) - 1) / 2) * width,
@@ -237,7 +241,9 @@ def plot(summary: dict, path: Path, title: str) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
     ax.set_title(title)
-    ax.legend(ncol=min(len(models), 5), fontsize="small", loc="lower right")
+    ax.legend(
+        ncol=min(len(models), 5), fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18)
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -157,7 +157,7 @@ def build_adfa_u(
         limited=limited,
         templates=None,
         info=info,
-        per_class=per_class,
+        **({"per_class": per_class} if limited == "balanced" else {}),
     )
 
 

@@ -25,6 +25,15 @@ class BundleFormatError(ValueError):
     """A saved voter or bundle that is missing, corrupt or not trusted."""
 
 
+def _estimator_types(estimator) -> set[str]:
+    """Qualified class names of an estimator and, for a pipeline, of its steps. skops trusts
+    many scikit-learn types by default; this pins a loaded voter to the ones it is built of."""
+    names = {f"{type(estimator).__module__}.{type(estimator).__qualname__}"}
+    for _, step in getattr(estimator, "steps", []):
+        names |= _estimator_types(step)
+    return names
+
+
 class FeatureMemo(list):
     """A batch of sequences that remembers its count matrices, so voters sharing a vocabulary
     featurize it once. Behaves as the plain list of sequences it wraps."""
@@ -116,6 +125,12 @@ class CountVoter(ClassifierMixin, BaseEstimator):
             vocab = json.loads((directory / "vocabulary.json").read_text())
         except Exception as exc:
             raise BundleFormatError(f"{directory}: cannot load voter state ({exc})") from exc
+        built = _estimator_types(voter.estimator_)
+        if not built <= set(cls.trusted_types):
+            raise BundleFormatError(
+                f"{path}: estimator of types {sorted(built - set(cls.trusted_types))} "
+                f"is not what a {cls.__name__} is made of"
+            )
         if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
             raise BundleFormatError(f"{directory}/vocabulary.json: not a key → column mapping")
         voter.counter_ = TemplateCounter(scaling=params.get("scaling", "none"))

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real datasets beside the checkout, and small subsets of them."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from flexlog.data.adfa import AdfaCorpus, load_adfa
+from flexlog.data.hdfs import load_hdfs_sessions
+from flexlog.data.records import LogSequence
+from flexlog.data.templates import read_templates
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+ADFA_SAMPLE = REPO / "examples" / "adfa-ld-sample"
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    if not DATASETS.is_dir():
+        pytest.skip(f"datasets not found at {DATASETS}")
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
+def adfa_corpus(datasets_dir: Path) -> AdfaCorpus:
+    """The full ADFA-LD corpus (5,951 traces)."""
+    return load_adfa(datasets_dir / "adfa-ld")
+
+
+@pytest.fixture(scope="session")
+def adfa_sample_dir() -> Path:
+    """The ADFA-LD sample shipped in examples/ (original layout, 925 traces)."""
+    return ADFA_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def adfa_sample(adfa_sample_dir: Path) -> AdfaCorpus:
+    return load_adfa(adfa_sample_dir)
+
+
+@pytest.fixture(scope="session")
+def hdfs_sessions(datasets_dir: Path) -> tuple[list[LogSequence], list[LogSequence]]:
+    """All HDFS sessions: (normal, abnormal)."""
+    src = datasets_dir / "hdfs"
+    return (
+        load_hdfs_sessions(src / "hdfs_train", 0),
+        load_hdfs_sessions(src / "hdfs_test_abnormal", 1),
+    )
+
+
+@pytest.fixture(scope="session")
+def hdfs_templates(datasets_dir: Path) -> dict[str, str]:
+    return read_templates(datasets_dir / "hdfs" / "HDFS_templates.csv")
+
+
+@pytest.fixture(scope="session")
+def hdfs_small(hdfs_sessions) -> tuple[list[LogSequence], list[LogSequence]]:
+    """A seeded subset of HDFS: (train: 200 normal + 100 anomalous, test: 250 + 250)."""
+    normal, abnormal = hdfs_sessions
+    rng = random.Random(0)
+    n = rng.sample(normal, 450)
+    a = rng.sample(abnormal, 350)
+    train, test = n[:200] + a[:100], n[200:] + a[100:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
