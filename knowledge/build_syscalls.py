@@ -38,7 +38,8 @@ def _man_text(man_dir: Path, name: str, depth: int = 0) -> str | None:
     page = man_dir / f"{name}.2.gz"
     if not page.exists() or depth > 3:
         return None
-    text = gzip.open(page, "rt", encoding="utf-8", errors="replace").read()
+    with gzip.open(page, "rt", encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
     so = re.match(r"\.so\s+man2/(\S+)\.2", text.strip())
     if so:  # a redirect page: ".so man2/other.2"
         return _man_text(man_dir, so.group(1), depth + 1)
