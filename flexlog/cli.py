@@ -470,17 +470,20 @@ def cmd_parse_accuracy(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0
     table = Table(title="Drain3 grouping accuracy against loghub ground truth")
-    for col in ("system", "preset", "lines", "templates (truth)", "templates (found)", "accuracy"):
-        table.add_column(col, justify="left" if col in ("system", "preset") else "right")
+    columns = ("log", "preset", "lines", "templates (truth)", "templates (found)")
+    for col in (*columns, "accuracy", "held-out"):
+        table.add_column(col, justify="left" if col in ("log", "preset") else "right")
     for r in rows:
         table.add_row(
-            str(r.get("system")),
-            str(r.get("preset")),
-            str(r.get("n_lines")),
-            str(r.get("n_templates_truth")),
-            str(r.get("n_templates_predicted")),
+            r["log"],
+            r["preset"],
+            str(r["n_lines"]),
+            str(r["n_templates_truth"]),
+            str(r["n_templates_predicted"]),
             f"{r['accuracy']:.3f}",
+            f"{r['heldout_accuracy']:.3f}",
         )
+    out.print("held-out: fitted on the first half of each sample, scored on the second half")
     out.print(table)
     return 0
 
