@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -47,14 +46,6 @@ class CliError(Exception):
 
 def _default_source(*parts: str) -> Path:
     return DATASETS.joinpath(*parts)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _print_report(report: IngestReport, *, limit: int = 20) -> None:
@@ -168,7 +159,7 @@ def _parse_params(specs: list[str], voters: list[str]) -> dict[str, dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flexlog.bundle import save_bundle
+    from flexlog.bundle import save_bundle, sha256_file
     from flexlog.data.templates import read_templates
     from flexlog.detector import make_detector
     from flexlog.voters.registry import parse_voter_list
@@ -188,14 +179,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = {
         "train": {
             "path": str(train_path),
-            "sha256": _sha256(train_path),
+            "sha256": sha256_file(train_path),
             "sequences": len(seqs),
             "anomalous": sum(s.label == 1 for s in seqs),
             "rejected": report.rejected,
         }
     }
     if args.templates:
-        data["templates"] = {"path": str(args.templates), "sha256": _sha256(Path(args.templates))}
+        data["templates"] = {
+            "path": str(args.templates),
+            "sha256": sha256_file(Path(args.templates)),
+        }
     config = {"voters": voters, "params": params, "seed": args.seed}
     metrics = {}
     if args.eval:

@@ -154,20 +154,16 @@ def parse_label(value: object) -> int:
     raise ValueError(f"field 'label' must be 0, 1, 'normal' or 'anomalous', got {value!r}")
 
 
-def iter_jsonl(
-    path: str | Path,
-    report: IngestReport | None = None,
-    *,
-    require_label: bool = False,
-    max_line_bytes: int = MAX_LINE_BYTES,
-) -> Iterator[LogSequence]:
-    """Yield the valid sequences of a JSON Lines file; record every bad line in ``report``.
+def iter_text_lines(
+    path: str | Path, report: IngestReport, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` for the non-blank, UTF-8, not-too-long lines of a file.
 
-    Blank lines are skipped and not counted. Raises :class:`InputError` only when the file
-    itself cannot be opened.
+    Oversized and undecodable lines are rejected into ``report`` (naming file and line); the
+    caller accepts or rejects the lines it is given, so one report accounts for every line.
+    Raises :class:`InputError` when the file cannot be opened.
     """
     path = Path(path)
-    report = report if report is not None else IngestReport()
     source = str(path)
     try:
         fh = path.open("rb")
@@ -185,18 +181,36 @@ def iter_jsonl(
             except UnicodeDecodeError as exc:
                 report.reject(source, lineno, f"not valid UTF-8 (byte {exc.start})")
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                report.reject(source, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}")
-                continue
-            try:
-                seq = parse_record(obj, require_label=require_label)
-            except ValueError as exc:
-                report.reject(source, lineno, str(exc))
-                continue
-            report.accept()
-            yield seq
+            yield lineno, text.rstrip("\r\n")
+
+
+def iter_jsonl(
+    path: str | Path,
+    report: IngestReport | None = None,
+    *,
+    require_label: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Iterator[LogSequence]:
+    """Yield the valid sequences of a JSON Lines file; record every bad line in ``report``.
+
+    Blank lines are skipped and not counted. Raises :class:`InputError` only when the file
+    itself cannot be opened.
+    """
+    report = report if report is not None else IngestReport()
+    source = str(path)
+    for lineno, text in iter_text_lines(path, report, max_line_bytes=max_line_bytes):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report.reject(source, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}")
+            continue
+        try:
+            seq = parse_record(obj, require_label=require_label)
+        except ValueError as exc:
+            report.reject(source, lineno, str(exc))
+            continue
+        report.accept()
+        yield seq
 
 
 def read_jsonl(

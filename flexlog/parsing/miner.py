@@ -24,7 +24,7 @@ from drain3.drain import LogCluster, Node
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
-from flexlog.data.records import IngestReport, InputError
+from flexlog.data.records import IngestReport, InputError, iter_text_lines
 from flexlog.parsing.presets import Preset, get_preset
 
 #: Raw log lines longer than this many bytes are rejected, not parsed.
@@ -64,28 +64,8 @@ def read_log_lines(
     single report accounts for every line. Raises :class:`InputError` if the file cannot be
     opened.
     """
-    path = Path(path)
     report = report if report is not None else IngestReport()
-    source = str(path)
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise InputError(f"{source}: cannot open: {exc.strerror or exc}") from exc
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if len(raw) > MAX_LOG_LINE_BYTES:
-                report.reject(
-                    source, lineno, f"line is {len(raw)} bytes, over {MAX_LOG_LINE_BYTES}"
-                )
-                continue
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                report.reject(source, lineno, f"not valid UTF-8 (byte {exc.start})")
-                continue
-            yield lineno, text.rstrip("\r\n")
+    yield from iter_text_lines(path, report, max_line_bytes=MAX_LOG_LINE_BYTES)
 
 
 def _numbered(lines: Iterable[str | tuple[int, str]]) -> list[tuple[int, str]]:
