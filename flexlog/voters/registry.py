@@ -7,11 +7,12 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 
 from flexlog.voters.knn import KNNVoter
+from flexlog.voters.llm import LLMVoter
 from flexlog.voters.slfn import SLFNVoter
 from flexlog.voters.tree import DecisionTreeVoter
 
 ENTRY_POINT_GROUP = "flexlog.voters"
-_BUILTIN = {"knn": KNNVoter, "dt": DecisionTreeVoter, "slfn": SLFNVoter}
+_BUILTIN = {"knn": KNNVoter, "dt": DecisionTreeVoter, "slfn": SLFNVoter, "llm": LLMVoter}
 DEFAULT_VOTERS = ("knn", "dt", "slfn")
 
 

