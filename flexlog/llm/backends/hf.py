@@ -145,8 +145,12 @@ class TransformersBackend(LLMBackend):
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            first = self._model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+            first = self._model(  # logits of the last position only: the LM head is costly
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
             )
             next_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
             per_label = []
