@@ -24,6 +24,8 @@ from flexlog.llm.prompt import PromptTemplate
 from flexlog.voters.base import BundleFormatError, check_labels
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: Written by ``make finetune`` beside the adapter: its base model, prompt and domain.
+ADAPTER_EXTRAS = ("flexlog-adapter.json", "prompt.yaml")
 
 
 class LLMVoter(ClassifierMixin, BaseEstimator):
@@ -200,6 +202,10 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
                     raise ValueError(f"{src}: adapter lacks {name}")
                 shutil.copyfile(src / name, directory / "adapter" / name)
                 files.append(f"adapter/{name}")
+            for name in ADAPTER_EXTRAS:
+                if (src / name).is_file():
+                    shutil.copyfile(src / name, directory / "adapter" / name)
+                    files.append(f"adapter/{name}")
         index = self._index() if self.retrieval else None
         if index is not None:
             index.save(directory / "knowledge")

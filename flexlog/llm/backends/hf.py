@@ -14,10 +14,15 @@ from flexlog.llm.prompt import PromptTemplate, chat_text
 DECODINGS = ("logprobs", "ladder")
 
 
-def check_adapter(adapter: str | Path, base_config) -> dict:
-    """Read an adapter's config and check that it was trained for this base architecture.
+ADAPTER_INFO = "flexlog-adapter.json"
 
-    Refuses pickled weights: only ``adapter_model.safetensors`` is accepted.
+
+def check_adapter(adapter: str | Path, base_model: str) -> dict:
+    """Read an adapter's configuration and check that it was trained on ``base_model``.
+
+    ``make finetune`` writes ``flexlog-adapter.json`` naming the base model it trained on;
+    an adapter for another base is refused here, before PEFT fails on mismatched shapes.
+    Pickled weights are refused: only ``adapter_model.safetensors`` is accepted.
     """
     adapter = Path(adapter)
     cfg_path = adapter / "adapter_config.json"
@@ -27,15 +32,26 @@ def check_adapter(adapter: str | Path, base_config) -> dict:
         raise BackendError(f"{adapter}: no adapter_model.safetensors (pickled weights refused)")
     try:
         cfg = json.loads(cfg_path.read_text())
+        info_path = adapter / ADAPTER_INFO
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     except json.JSONDecodeError as exc:
-        raise BackendError(f"{cfg_path}: corrupt adapter config ({exc})") from exc
-    trained_on = cfg.get("flexlog_base_architecture")
-    ours = (getattr(base_config, "architectures", None) or [type(base_config).__name__])[0]
-    if trained_on and trained_on != ours:
+        raise BackendError(f"{adapter}: corrupt adapter configuration ({exc})") from exc
+    trained_on = info.get("base_model")
+    if trained_on and not _same_model(str(trained_on), str(base_model)):
         raise BackendError(
-            f"{adapter}: adapter was trained on a {trained_on} base model, this base is {ours}"
+            f"{adapter}: adapter was fine-tuned on base model {trained_on!r}, not {base_model!r}"
         )
-    return cfg
+    return {**cfg, **info}
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model references (names like ``smollm2``, paths, hub ids) are one model."""
+    if a == b:
+        return True
+    try:
+        return Path(resolve_model(a)).resolve() == Path(resolve_model(b)).resolve()
+    except (ValueError, OSError):
+        return False
 
 
 class TransformersBackend(LLMBackend):
@@ -90,7 +106,7 @@ class TransformersBackend(LLMBackend):
         if self.adapter is not None:
             from peft import PeftModel
 
-            check_adapter(self.adapter, model.config)
+            check_adapter(self.adapter, self.model_name)
             try:
                 model = PeftModel.from_pretrained(model, str(self.adapter))
             except (RuntimeError, ValueError, KeyError) as exc:
