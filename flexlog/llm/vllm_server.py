@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from flexlog.llm.models import resolve_model
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: LoRA ranks vLLM accepts for ``--max-lora-rank``.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MERGED_MARKER = "flexlog-merged.json"
 
 
 def has_gpu() -> bool:
@@ -77,23 +79,61 @@ def adapter_rank(adapter: str | Path) -> int:
 
 def check_vllm_adapter(adapter: str | Path, model_path: str, max_lora_rank: int) -> None:
     """Refuse, before a slow engine start, an adapter vLLM would fail on: not PEFT
-    safetensors, trained on another architecture, or of a rank above ``max_lora_rank``."""
+    safetensors, fine-tuned on another base model, or of a rank above ``max_lora_rank``."""
     from flexlog.llm.backends.hf import check_adapter
 
-    try:
-        from transformers import AutoConfig
-
-        base_config = AutoConfig.from_pretrained(model_path)
-    except (ImportError, OSError, ValueError):
-        base_config = None
-    if base_config is not None:
-        check_adapter(adapter, base_config)
+    check_adapter(adapter, model_path)
     rank = adapter_rank(adapter)
     if rank > max_lora_rank:
         raise BackendError(
             f"{adapter}: LoRA rank {rank} exceeds max_lora_rank={max_lora_rank}; "
             f"raise max_lora_rank (one of {VLLM_LORA_RANKS})"
         )
+
+
+def merged_checkpoint(model: str | Path, adapter: str | Path, out: Path | None = None) -> Path:
+    """The base model with the LoRA adapter merged into its weights, as a float32 safetensors
+    checkpoint (built once, in ``$FLEXLOG_HOME/merged/``, keyed by the adapter's and the base's
+    contents).
+
+    vLLM's LoRA kernels on CPU gather a copy of the adapter weights per token, which makes
+    prefill about ten times slower than the base model's; a merged checkpoint runs at base speed
+    (one adapter per server, no hot-swapping).
+    """
+    import hashlib
+
+    from flexlog.llm.models import flexlog_home
+
+    model_path, adapter = Path(resolve_model(model)), Path(adapter)
+    digest = hashlib.sha256()
+    for path in (adapter / "adapter_config.json", adapter / "adapter_model.safetensors"):
+        digest.update(path.read_bytes())
+    for path in sorted(model_path.glob("*.json")):  # config + the flexlog marker
+        digest.update(path.name.encode() + path.read_bytes())
+    out = out or flexlog_home() / "merged" / f"{model_path.name}-{digest.hexdigest()[:16]}"
+    if (out / MERGED_MARKER).is_file():
+        return out
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    check_vllm_adapter(adapter, str(model_path), max_lora_rank=max(VLLM_LORA_RANKS))
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
+        info = {"base": str(model_path), "adapter": str(adapter), "sha256": digest.hexdigest()}
+        (tmp / MERGED_MARKER).write_text(json.dumps(info, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,6 +151,9 @@ class VLLMServer:
     model : base model (``smollm2``, ``tiny-mistral``, a checkpoint directory or a hub id).
     adapter : LoRA adapter directory served as ``served_name``; None serves the base model
         under that name.
+    merge_adapter : serve the base model with the adapter merged into it
+        (:func:`merged_checkpoint`) instead of vLLM's LoRA support: about ten times faster on
+        CPU, but the base model is then not served beside it.
     host, port : loopback address; ``port=None`` picks a free one.
     dtype : None means float32 on CPU and "auto" on GPU.
     max_model_len, max_lora_rank : engine limits.
@@ -128,6 +171,7 @@ class VLLMServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         served_name: str = "flexlog",
+        merge_adapter: bool = False,
         dtype: str | None = None,
         max_model_len: int = 4096,
         max_lora_rank: int = 16,
@@ -145,6 +189,7 @@ class VLLMServer:
         self.host = host
         self.port = port
         self.served_name = served_name
+        self.merge_adapter = merge_adapter
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.max_lora_rank = max_lora_rank
@@ -164,6 +209,15 @@ class VLLMServer:
             self._gpu = has_gpu()
         return self._gpu
 
+    def _model_path(self) -> str:
+        """What vLLM loads: the base model, or the merged checkpoint (the adapter is checked
+        either way)."""
+        path = resolve_model(self.model)
+        if self.adapter is None:
+            return path
+        check_vllm_adapter(self.adapter, path, self.max_lora_rank)
+        return str(merged_checkpoint(path, self.adapter)) if self.merge_adapter else path
+
     @property
     def base_url(self) -> str:
         """``http://host:port/v1`` (the port is fixed by :meth:`start` when it was None)."""
@@ -178,10 +232,10 @@ class VLLMServer:
 
     def launch_command(self, model_path: str | None = None) -> list[str]:
         """The server's argv (``port`` must be set; ``model_path`` defaults to the resolved
-        model)."""
+        model, or the merged checkpoint with ``merge_adapter``)."""
         if self.port is None:
             raise RuntimeError("launch_command needs a port; pass port= or call start()")
-        path = model_path or resolve_model(self.model)
+        path = model_path or self._model_path()
         dtype = self.dtype or ("auto" if self.on_gpu else "float32")
         argv = [
             sys.executable,
@@ -201,7 +255,7 @@ class VLLMServer:
         ]
         if not self.on_gpu:
             argv.append("--enforce-eager")
-        if self.adapter is not None:
+        if self.adapter is not None and not self.merge_adapter:
             argv += [
                 "--enable-lora",
                 "--max-lora-rank",
@@ -234,9 +288,7 @@ class VLLMServer:
         """Launch the server (and, by default, wait until it answers)."""
         if self.running:
             return self
-        path = resolve_model(self.model)
-        if self.adapter is not None:
-            check_vllm_adapter(self.adapter, path, self.max_lora_rank)
+        path = self._model_path()
         if self.port is None:
             self.port = free_port(self.host if ":" not in self.host else "127.0.0.1")
         if self._log_path is None:

@@ -30,6 +30,8 @@ from flexlog.llm.prompt import PromptTemplate, approx_tokens
 DECODINGS = ("choice", "logprobs", "ladder")
 #: Context length assumed when the server does not report ``max_model_len``.
 DEFAULT_CONTEXT = 2048
+#: Tokens sampled per ladder step: enough for a label and a little more.
+SAMPLE_TOKENS = 8
 #: Log-probabilities at or below this are tokens a constrained decoder masked out.
 _MASKED = -1000.0
 
@@ -92,6 +94,13 @@ def _positions(content: list) -> list[tuple[str, list[tuple[str, float]]]]:
     return [
         (e.token or "", [(t.token, t.logprob) for t in (e.top_logprobs or [])]) for e in content
     ]
+
+
+def answer_tokens(labels: Sequence[str], decoding: str) -> int:
+    """``max_tokens`` of a greedy answer: a constrained one ends with its label (which a
+    grammar may spell in single characters); an unconstrained one is only read at its first
+    non-blank token, so a few suffice (decoding is the slow part on CPU, with LoRA)."""
+    return max(map(len, labels)) + 2 if decoding == "choice" else 3
 
 
 def decide(
@@ -242,12 +251,8 @@ class OpenAIBackend(LLMBackend):
         return [f.result() for f in futures]
 
     def _sample(self, conversations: Sequence[list[dict[str, str]]], temperature: float) -> list:
-        def one(messages):
-            return self._complete(messages, temperature=temperature, max_tokens=8, seed=self.seed)[
-                0
-            ]
-
-        return self._map(one, conversations)
+        params = {"temperature": temperature, "max_tokens": SAMPLE_TOKENS, "seed": self.seed}
+        return [text for text, _ in self._map(lambda m: self._complete(m, **params), conversations)]
 
     def _ladder(
         self, conversations: Sequence[list[dict[str, str]]], template: PromptTemplate
@@ -268,7 +273,7 @@ class OpenAIBackend(LLMBackend):
         labels = list(template.labels)
         params: dict[str, Any] = {
             "temperature": 0.0,
-            "max_tokens": max(map(len, labels)) + 4,
+            "max_tokens": answer_tokens(labels, self.decoding),
             "logprobs": self.top_logprobs > 0,
         }
         if self.top_logprobs:

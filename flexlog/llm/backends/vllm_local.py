@@ -15,11 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from flexlog.llm.backends.base import BackendError, LLMBackend
-from flexlog.llm.backends.openai_http import decide, first_answer_top
+from flexlog.llm.backends.openai_http import (
+    SAMPLE_TOKENS,
+    answer_tokens,
+    decide,
+    first_answer_top,
+)
 from flexlog.llm.decoding import LabelDecision, ladder
 from flexlog.llm.models import resolve_model
 from flexlog.llm.prompt import PromptTemplate
-from flexlog.llm.vllm_server import VLLM_LORA_RANKS, check_vllm_adapter, cpu_threads_bind, has_gpu
+from flexlog.llm.vllm_server import (
+    VLLM_LORA_RANKS,
+    check_vllm_adapter,
+    cpu_threads_bind,
+    has_gpu,
+    merged_checkpoint,
+)
 
 DECODINGS = ("choice", "logprobs", "ladder")
 #: The engine's ``gpu_memory_utilization`` on CPU, where it sizes the KV cache in RAM.
@@ -45,6 +56,8 @@ class VLLMBackend(LLMBackend):
     ----------
     model : base model (``smollm2``, ``tiny-mistral``, a checkpoint dir or a hub id).
     adapter : LoRA adapter directory (PEFT, safetensors), or None.
+    merge_adapter : run the base model with the adapter merged into its weights instead of
+        vLLM's LoRA support (about ten times faster on CPU; see ``merged_checkpoint``).
     batch_size : most sequences the engine schedules at once (``max_num_seqs``); a whole
         ``classify`` call is handed to the engine in one go.
     decoding : "choice", "logprobs" or "ladder".
@@ -66,6 +79,7 @@ class VLLMBackend(LLMBackend):
         model: str = "smollm2",
         adapter: str | Path | None = None,
         *,
+        merge_adapter: bool = False,
         batch_size: int = 64,
         decoding: str = "choice",
         seed: int = 0,
@@ -85,6 +99,7 @@ class VLLMBackend(LLMBackend):
             raise ValueError(f"max_lora_rank must be one of {VLLM_LORA_RANKS}")
         self.model_name = model
         self.adapter = None if adapter is None else Path(adapter)
+        self.merge_adapter = merge_adapter
         self.batch_size = batch_size
         self.decoding = decoding
         self.seed = seed
@@ -113,8 +128,11 @@ class VLLMBackend(LLMBackend):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
+        path = self._path
+        if self.adapter is not None and self.merge_adapter:
+            path = str(merged_checkpoint(path, self.adapter))
         args: dict[str, Any] = {
-            "model": self._path,
+            "model": path,
             "dtype": self.dtype or ("auto" if gpu else "float32"),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.batch_size,
@@ -124,7 +142,7 @@ class VLLMBackend(LLMBackend):
             "enforce_eager": (not gpu) if self.enforce_eager is None else self.enforce_eager,
             "max_logprobs": max(20, self.top_logprobs),
         }
-        if self.adapter is not None:
+        if self.adapter is not None and not self.merge_adapter:
             args.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
             self._lora = LoRARequest("flexlog", 1, str(self.adapter))
         args.update(self.engine_args)
@@ -152,7 +170,7 @@ class VLLMBackend(LLMBackend):
     def _sample(self, conversations: list[list[dict[str, str]]], temperature: float) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=temperature, max_tokens=8, seed=self.seed)
+        params = SamplingParams(temperature=temperature, max_tokens=SAMPLE_TOKENS, seed=self.seed)
         return [out.outputs[0].text for out in self._run(conversations, params)]
 
     def _ladder(
@@ -177,7 +195,7 @@ class VLLMBackend(LLMBackend):
         labels = list(template.labels)
         params = SamplingParams(
             temperature=0.0,
-            max_tokens=max(map(len, labels)) + 4,
+            max_tokens=answer_tokens(labels, self.decoding),
             logprobs=self.top_logprobs or None,
             seed=self.seed,
             structured_outputs=(
