@@ -12,6 +12,7 @@ TORCH  ?= torch==2.13.0
 RECIPE ?= smollm2-cpu
 DATA   ?= $(DEMO)/data/limited_train.jsonl
 FINETUNE_OUT ?= runs/finetune-$(RECIPE)
+BUNDLE ?= $(FINETUNE_OUT)/bundle
 
 .PHONY: install install-llm demo test lint format bench experiments finetune clean
 
@@ -64,9 +65,11 @@ experiments: $(STAMP)
 $(DEMO)/data/limited_train.jsonl: $(STAMP)
 	$(FLEXLOG) dataset build adfa-u --holdout $(HOLDOUT) --source examples/adfa-ld-sample --out $(DEMO)/data
 
-## QLoRA fine-tuning: `make finetune` (CPU default, demo data) or RECIPE=... DATA=...
+## QLoRA fine-tuning: `make finetune` (CPU default, demo data) or RECIPE=... DATA=...; the
+## adapter joins the ML voters (trained on the same data) in BUNDLE as the fourth voter.
 finetune: $(LLM_STAMP) $(DATA)
-	$(PY) -m finetune --recipe $(RECIPE) --data $(DATA) --out $(FINETUNE_OUT)
+	test -f $(BUNDLE)/manifest.json || $(FLEXLOG) train --train $(DATA) --voters knn,dt,slfn --out $(BUNDLE)
+	$(PY) -m finetune --recipe $(RECIPE) --data $(DATA) --out $(FINETUNE_OUT) --bundle $(BUNDLE)
 
 clean:
 	rm -rf build runs .pytest_cache

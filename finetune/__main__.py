@@ -24,6 +24,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="labelled canonical JSONL (the training set)")
     p.add_argument("--out", default="runs/finetune", help="output directory (default %(default)s)")
+    p.add_argument(
+        "--bundle",
+        help="detector bundle (from `flexlog train`) to add the fine-tuned LLM voter to",
+    )
     p.add_argument("--max-steps", type=int, help="override the recipe's max_steps")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--domain", help="override the recipe's prompt domain (syscalls, hdfs, logs)")
@@ -76,6 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     print(format_summary(report))
+    if args.bundle:
+        from .bundle import add_llm_voter
+
+        try:
+            trained = recipe.replace(**report["recipe"])  # with the command line's overrides
+            voters = add_llm_voter(args.bundle, report["adapter_dir"], trained)
+        except ValueError as exc:  # BundleError and voter validation errors
+            print(f"error: {args.bundle}: {exc}", file=sys.stderr)
+            return 2
+        print(f"bundle {args.bundle}: voters {', '.join(voters)}")
     return 0
 
 

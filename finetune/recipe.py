@@ -59,6 +59,8 @@ class Recipe:
     warmup_steps: int = 10
     lr_scheduler: str = "linear"
     max_seq_tokens: int = 1024
+    retrieval: bool = True
+    validation_size: int = 32
     seed: int = 0
     save_steps: int = 50
     logging_steps: int = 1
@@ -134,6 +136,7 @@ _INT_MIN = {
     "gradient_accumulation_steps": 1,
     "warmup_steps": 0,
     "max_seq_tokens": 64,
+    "validation_size": 0,
     "seed": 0,
     "save_steps": 1,
     "logging_steps": 1,
@@ -179,7 +182,7 @@ def _check(key: str, value: object, source: str) -> object:
         ):
             return tuple(value)
         raise RecipeError(f"{where} must be 'all-linear' or a non-empty list of module names")
-    if key == "gradient_checkpointing":
+    if key in ("gradient_checkpointing", "retrieval"):
         if not isinstance(value, bool):
             raise RecipeError(f"{where} must be true or false, got {value!r}")
         return value

@@ -116,6 +116,7 @@ def build_report(
             "sequences": len(data.sequences),
             "anomalous": sum(1 for s in data.sequences if s.label == 1),
             "skipped_lines": len(data.skipped),
+            "training_examples": len(examples),
             "elided": sum(1 for e in examples if e.elided),
         },
         "tokens": {
@@ -170,6 +171,13 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     if mem.get("cuda_max_allocated_mib") is not None:
         memory += f", {_fmt(mem['cuda_max_allocated_mib'])} MiB CUDA"
     resumed = report["resumed_from"]
+    val = report.get("validation")
+    validation = "-"
+    if val:
+        validation = (
+            f"{val['sequences']} held out: F1 {val['f1_at_zero']:.3f} at margin 0, "
+            f"{val['f1']:.3f} at threshold {val['threshold']:.3f}"
+        )
     return [
         ("recipe", report["recipe"]["name"]),
         ("base model", report["recipe"]["base_model"]),
@@ -183,6 +191,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("seconds / step", _fmt(report["seconds_per_step"])),
         ("tokens / step", _fmt(report["tokens"]["per_step_mean"])),
         ("loss final / mean", f"{_fmt(report['final_loss'])} / {_fmt(report['mean_loss'])}"),
+        ("validation", validation),
         ("peak memory", memory),
         ("wall time", f"{report['wall_seconds']:.1f} s"),
         ("adapter", report["adapter_dir"]),

@@ -11,13 +11,20 @@ Checkpoints go to ``OUT/checkpoints``; a run whose output directory already has 
 from the latest (the recipe and data must match; only ``max_steps``, ``save_steps`` and
 ``logging_steps`` may change). The product is ``OUT/adapter`` (safetensors only), with
 ``OUT/report.json``, ``OUT/loss.png`` and ``OUT/recipe.yaml`` beside it.
+
+Training prompts carry the same retrieved knowledge inference will put in them (recipe key
+``retrieval``). ``validation_size`` labelled sequences are held out of training (stratified,
+seeded); after training the LLM voter scores them and its decision threshold is calibrated on
+them (recorded in the adapter's ``flexlog-adapter.json``, which the voter reads).
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import logging
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -85,6 +92,63 @@ def plan(recipe: Recipe) -> Plan:
     else:
         optimizer = "adamw_torch"
     return Plan(backend, device, dtype, optimizer)
+
+
+def split_validation(sequences: list, size: int, seed: int) -> tuple[list, list]:
+    """Hold out ``size`` sequences, half of each label where possible (seeded). Nothing is held
+    out when either label would keep fewer than four training sequences or lose all
+    validation examples, so tiny data sets still train."""
+    if size <= 0:
+        return list(sequences), []
+    rng = random.Random(seed)
+    by_label = {lab: [i for i, s in enumerate(sequences) if s.label == lab] for lab in (0, 1)}
+    half = size // 2
+    take = {1: min(half, len(by_label[1]) - 4), 0: 0}
+    take[0] = min(size - max(take[1], 0), len(by_label[0]) - 4)
+    if take[0] < 1 or take[1] < 1:
+        return list(sequences), []
+    held = set()
+    for lab in (0, 1):
+        held.update(rng.sample(by_label[lab], take[lab]))
+    train = [s for i, s in enumerate(sequences) if i not in held]
+    return train, [s for i, s in enumerate(sequences) if i in held]
+
+
+def knowledge_source(recipe: Recipe):
+    """The retrieval the LLM voter does at inference, for rendering training prompts (None
+    when the recipe trains without retrieval)."""
+    if not recipe.retrieval:
+        return None
+    from flexlog.voters.llm import LLMVoter
+
+    voter = LLMVoter(domain=recipe.domain, prompt=recipe.prompt, retrieval=True)
+    return lambda seq: voter.knowledge_for(seq.events)
+
+
+def calibrate(adapter: Path, recipe: Recipe, validation: list) -> dict:
+    """Score the held-out sequences with the fine-tuned voter and tune its threshold; the
+    result is written into the adapter's information file."""
+    from flexlog.voters.llm import LLMVoter
+
+    voter = LLMVoter(
+        model=recipe.base_model,
+        adapter=str(adapter),
+        domain=recipe.domain,
+        prompt=recipe.prompt,
+        retrieval=recipe.retrieval,
+        threshold=0.0,
+        random_state=recipe.seed,
+    )
+    log.info("calibrating the decision threshold on %d held-out sequences", len(validation))
+    t0 = time.time()
+    result = voter.calibrate([s.events for s in validation], [s.label for s in validation])
+    result["seconds"] = round(time.time() - t0, 2)
+    info_path = adapter / ADAPTER_INFO
+    info = json.loads(info_path.read_text())
+    info["threshold"] = result["threshold"]
+    info["validation"] = result
+    info_path.write_text(json.dumps(info, indent=1) + "\n")
+    return result
 
 
 def _load_peft(recipe: Recipe, model_path: str, p: Plan):
@@ -305,12 +369,14 @@ def run(
         raise RuntimeError("the base model was not loaded in 4 bit")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    train_seqs, validation = split_validation(data.sequences, recipe.validation_size, recipe.seed)
     examples = build_examples(
-        data.sequences,
+        train_seqs,
         tokenizer,
         template,
         domain=recipe.domain,
         max_seq_tokens=recipe.max_seq_tokens,
+        knowledge=knowledge_source(recipe),
     )
 
     log.info(
@@ -370,13 +436,17 @@ def run(
     train_seconds = time.time() - t1
 
     adapter = save_adapter(trainer.model, out, recipe, model_path, template)
+    log_history, global_step = trainer.state.log_history, trainer.state.global_step
+    del trainer, model  # free the training copy before the voter loads its own
+    gc.collect()
+    validation_result = calibrate(adapter, recipe, validation) if validation else None
     report = build_report(
         recipe=recipe,
         plan=p,
         data=data,
         examples=examples,
-        log_history=trainer.state.log_history,
-        global_step=trainer.state.global_step,
+        log_history=log_history,
+        global_step=global_step,
         start_step=start_step,
         resumed_from=last,
         train_seconds=train_seconds,
@@ -387,6 +457,7 @@ def run(
         cuda=cuda,
         quantized_modules=quantized,
     )
+    report["validation"] = validation_result
     plot_loss(report["loss_history"], out / "loss.png", title=recipe.name)
     write_report(report, out / "report.json")
     return report

@@ -347,3 +347,62 @@ def test_rerun_with_more_steps_resumes(tiny_mistral_run: Path, train8: Path) -> 
     assert [e["step"] for e in history] == [1, 2, 3, 4]
     assert history[:2] == first["loss_history"]  # the first run's log came back with the state
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
+
+
+# ---------------------------------------------------------------- validation and the bundle
+def test_validation_split_is_stratified_seeded_and_skipped_on_tiny_data() -> None:
+    from finetune.train import split_validation
+
+    seqs = [LogSequence(f"s{i}", ["open", "read"], label=int(i % 3 == 0)) for i in range(60)]
+    train, held = split_validation(seqs, 10, seed=1)
+    assert len(held) == 10 and sum(s.label for s in held) == 5
+    assert {s.id for s in train}.isdisjoint(s.id for s in held)
+    assert len(train) + len(held) == 60
+    assert [s.id for s in split_validation(seqs, 10, seed=1)[1]] == [s.id for s in held]
+    tiny = seqs[:8]  # three anomalous: holding any out would leave fewer than four
+    assert split_validation(tiny, 4, seed=0) == (tiny, [])
+    assert split_validation(seqs, 0, seed=0) == (seqs, [])
+
+
+@pytest.fixture(scope="module")
+def train40(tmp_path_factory, adfa_sample_dir: Path) -> Path:
+    """40 labelled ADFA-LD sample sequences, half attacks: enough to hold some out."""
+    corpus = load_adfa(adfa_sample_dir)
+    attacks = [s for seqs in corpus.attacks.values() for s in seqs]
+    rng = random.Random(1)
+    seqs = rng.sample(corpus.training, 20) + rng.sample(attacks, 20)
+    path = tmp_path_factory.mktemp("finetune-data") / "train40.jsonl"
+    write_jsonl(path, seqs)
+    return path
+
+
+@pytest.mark.slow
+def test_finetune_calibrates_and_joins_the_bundle(llm_stack, train40: Path, tmp_path: Path):
+    """Held-out sequences calibrate the threshold; --bundle adds the fourth voter."""
+    from flexlog.bundle import load_bundle
+    from flexlog.cli import main as flexlog_main
+    from flexlog.data.records import read_jsonl
+
+    bundle = tmp_path / "bundle"
+    assert flexlog_main(["train", "--train", str(train40), "--out", str(bundle)]) == 0
+    recipe = load_recipe("tiny-mistral").replace(max_seq_tokens=256)
+    path = recipe.dump(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    argv = ["--recipe", str(path), "--data", str(train40), "--out", str(out)]
+    assert main([*argv, "--max-steps", "2", "--bundle", str(bundle)]) == 0
+
+    report = json.loads((out / "report.json").read_text())
+    val = report["validation"]
+    assert val["sequences"] == 8 and report["data"]["sequences"] == 40
+    assert report["data"]["training_examples"] == 32  # the 8 held out are not trained on
+    info = json.loads((out / "adapter" / "flexlog-adapter.json").read_text())
+    assert info["threshold"] == val["threshold"] and 0.0 <= val["f1"] <= 1.0
+    assert val["f1"] >= val["f1_at_zero"]  # the calibrated cut is never worse on its own data
+
+    loaded = load_bundle(bundle)
+    assert loaded.detector.voter_names == ["knn", "dt", "slfn", "llm"]
+    llm = dict(loaded.detector.ensemble.voters)["llm"]
+    assert llm.threshold_ == pytest.approx(val["threshold"])
+    seqs, _ = read_jsonl(train40)
+    verdicts = loaded.detector.predict(seqs[:3])
+    assert [sorted(v.votes) for v in verdicts] == [["dt", "knn", "llm", "slfn"]] * 3

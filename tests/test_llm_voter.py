@@ -39,11 +39,13 @@ def llm_voter(adfa_small):
 
 def test_prompts_carry_system_call_descriptions(llm_voter):
     lines = llm_voter.knowledge_for(["open", "read", "open", "mmap2"])
-    assert lines[0].startswith("open: open and possibly create a file")
+    # the rarest events first, so a tight budget keeps the telling ones
+    assert lines[0].startswith("read: read from a file descriptor")
+    assert lines[-1].startswith("open: open and possibly create a file")
     assert any(line.startswith("mmap2:") for line in lines)
-    prompt = llm_voter.conversations([["open", "read"]])[0][0]["content"]
+    prompt = llm_voter.conversations([["open", "read", "read"]])[0][0]["content"]
     assert "Relevant information:\nopen: open and possibly create a file" in prompt
-    assert "log sequence: [open, read]" in prompt
+    assert "log sequence: [open, read x2]" in prompt
 
 
 def test_long_traces_fit_the_token_budget(llm_voter, adfa_small):
@@ -57,6 +59,18 @@ def test_voter_predicts_with_recorded_decision_paths(llm_voter, adfa_small):
     assert set(labels.tolist()) <= {0, 1}
     assert len(llm_voter.decisions_) == len(adfa_small)
     assert {d.path for d in llm_voter.decisions_} == {"logprobs"}
+
+
+def test_threshold_calibration_moves_the_cut(llm_voter, adfa_small):
+    X, y = [s.events for s in adfa_small], [s.label for s in adfa_small]
+    margins = llm_voter.margins(X)
+    result = llm_voter.calibrate(X, y)
+    assert result["f1"] >= result["f1_at_zero"] and result["sequences"] == len(X)
+    predicted = llm_voter.predict(X)
+    assert predicted.tolist() == (margins > llm_voter.threshold_).astype(int).tolist()
+    llm_voter.threshold_ = float(margins.max()) + 1.0
+    assert llm_voter.predict(X).sum() == 0  # nothing clears the bar
+    llm_voter.threshold_ = 0.0
 
 
 def test_unseen_template_retrieves_its_nearest_relative():
@@ -81,7 +95,11 @@ def test_detector_with_llm_round_trips_through_a_bundle(adfa_small, tmp_path):
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({"backend": "carrier-pigeon"}, "backend must be one of"), ({"domain": "x"}, "domain must")],
+    [
+        ({"backend": "carrier-pigeon"}, "backend must be one of"),
+        ({"domain": "x"}, "domain must"),
+        ({"threshold": "high"}, "threshold must be a number or 'auto'"),
+    ],
 )
 def test_bad_configuration_is_a_clear_error(params, message):
     with pytest.raises(ValueError, match=message):

@@ -60,6 +60,22 @@ def test_budget_elides_the_middle_of_long_sequences(template):
     assert len(rendered.text) // 4 <= 300
 
 
+def test_long_sequences_keep_their_share_of_knowledge(template):
+    events = [f"call{i}" for i in range(500)]
+    knowledge = [f"call{i}: what call {i} does" for i in range(40)]
+    rendered = template.render(events, domain="syscalls", knowledge=knowledge, max_tokens=400)
+    assert rendered.elided
+    assert 0 < rendered.knowledge_used < 40
+    assert "call0: what call 0 does" in rendered.text  # the most relevant first
+    kept = "\n".join(knowledge[: rendered.knowledge_used])
+    assert len(kept) // 4 <= 0.25 * 400
+    assert len(rendered.text) // 4 <= 400
+    bare = template.render(
+        events, domain="syscalls", knowledge=knowledge, max_tokens=400, knowledge_share=0.0
+    )
+    assert bare.knowledge_used == 0 and bare.items > rendered.items
+
+
 def test_budget_too_small_for_any_prompt_is_an_error(template):
     with pytest.raises(ValueError, match="does not fit in 20 tokens"):
         template.render(["a", "b", "c"], domain="logs", max_tokens=20)

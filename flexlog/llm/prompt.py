@@ -4,9 +4,11 @@ output), read from ``prompts/*.yaml`` and rendered the same way for fine-tuning 
 Long sequences are handled deliberately, in this order, until the prompt fits the token budget:
 
 1. consecutive repeats are run-length encoded (``read x12``), which loses no information;
-2. retrieved knowledge is dropped, least relevant item first;
+2. retrieved knowledge is cut to its own share of the budget (``knowledge_share``, a quarter by
+   default), least relevant item first, so that a long sequence never crowds it out entirely;
 3. the middle of the sequence is replaced by ``... N events omitted ...``, keeping its start
-   and end (where process start-up and the attack's effect usually are).
+   and end (where process start-up and the attack's effect usually are);
+4. only if even two events do not fit beside the remaining knowledge is more of it dropped.
 
 If even the bare prompt around a two-event sequence does not fit, rendering raises ValueError.
 """
@@ -23,6 +25,8 @@ import yaml
 PARTS = ("description", "instruction", "relevant_information", "input", "output")
 _KEYS = {"name", "version", "labels", "domains", *PARTS}
 DEFAULT_TEMPLATE = "anomaly_detection"
+#: Share of the token budget that retrieved knowledge may keep when the prompt must shrink.
+KNOWLEDGE_SHARE = 0.25
 
 
 def approx_tokens(text: str) -> int:
@@ -152,31 +156,43 @@ class PromptTemplate:
         knowledge: Sequence[str] = (),
         max_tokens: int | None = None,
         count_tokens: Callable[[str], int] = approx_tokens,
+        knowledge_share: float = KNOWLEDGE_SHARE,
     ) -> RenderedPrompt:
         """Render one sequence, shrinking it as the module docstring describes to fit
         ``max_tokens`` (counted with ``count_tokens``)."""
         if not events:
             raise ValueError("cannot render an empty sequence")
+        if not 0.0 <= knowledge_share <= 1.0:
+            raise ValueError(f"knowledge_share must be in [0, 1], got {knowledge_share}")
         items = run_length(list(events))
         kept = list(knowledge)
         text = self._join(domain, items, kept)
         if max_tokens is None or count_tokens(text) <= max_tokens:
             return RenderedPrompt(text, len(items), len(kept), False)
-        while kept:
+        share = knowledge_share * max_tokens
+        while kept and count_tokens("\n".join(kept)) > share:
             kept.pop()
-            text = self._join(domain, items, kept)
-            if count_tokens(text) <= max_tokens:
-                return RenderedPrompt(text, len(items), len(kept), False)
+        text = self._join(domain, items, kept)
+        if count_tokens(text) <= max_tokens:
+            return RenderedPrompt(text, len(items), len(kept), False)
+
+        def fits(n: int) -> bool:
+            return count_tokens(self._join(domain, _elide(items, n), kept)) <= max_tokens
+
+        while not fits(2):
+            if not kept:
+                raise ValueError(
+                    f"the prompt does not fit in {max_tokens} tokens even for 2 events"
+                )
+            kept.pop()
         lo, hi = 2, len(items)  # binary search for the most items that fit
-        if count_tokens(self._join(domain, _elide(items, lo), [])) > max_tokens:
-            raise ValueError(f"the prompt does not fit in {max_tokens} tokens even for 2 events")
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if count_tokens(self._join(domain, _elide(items, mid), [])) <= max_tokens:
+            if fits(mid):
                 lo = mid
             else:
                 hi = mid - 1
-        return RenderedPrompt(self._join(domain, _elide(items, lo), []), lo, 0, True)
+        return RenderedPrompt(self._join(domain, _elide(items, lo), kept), lo, len(kept), True)
 
     def label_of(self, text: str) -> int | None:
         """0 / 1 for an answer that starts with one of the labels, else None."""

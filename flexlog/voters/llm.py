@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from flexlog.evaluate import scores
 from flexlog.features import as_event_lists
 from flexlog.llm.backends import BACKENDS, make_backend
-from flexlog.llm.decoding import LabelDecision
+from flexlog.llm.decoding import LabelDecision, calibrate_threshold, with_threshold
 from flexlog.llm.prompt import PromptTemplate
 from flexlog.voters.base import BundleFormatError, check_labels
 
@@ -42,7 +44,11 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
     retrieval : put descriptions of the sequence's templates into the prompt.
     knowledge_system : restrict retrieval to one system's records (default: "hdfs" for the
         hdfs domain, system calls for the syscalls domain, everything for "logs").
-    max_prompt_tokens : token budget of a prompt (default: the model's context minus 16).
+    max_prompt_tokens : token budget of a prompt (default: the fine-tuning budget recorded
+        beside the adapter, else the model's context minus 16).
+    threshold : log-probability margin ``lp(anomalous) - lp(normal)`` above which a sequence
+        is anomalous; "auto" takes the one ``make finetune`` calibrated on held-out data
+        (recorded beside the adapter), else 0 (the plain argmax). See :meth:`calibrate`.
     batch_size, decoding, random_state : passed to the backend.
     """
 
@@ -62,6 +68,7 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
         retrieval: bool = True,
         knowledge_system: str | None = None,
         max_prompt_tokens: int | None = None,
+        threshold: float | str = "auto",
         batch_size: int = 8,
         decoding: str = "logprobs",
         random_state: int | None = 0,
@@ -78,6 +85,7 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
         self.retrieval = retrieval
         self.knowledge_system = knowledge_system
         self.max_prompt_tokens = max_prompt_tokens
+        self.threshold = threshold
         self.batch_size = batch_size
         self.decoding = decoding
         self.random_state = random_state
@@ -93,6 +101,34 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             )
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 64:
             raise ValueError(f"max_prompt_tokens must be at least 64, got {self.max_prompt_tokens}")
+        self.threshold_ = self._resolve_threshold()
+
+    def _resolve_threshold(self) -> float:
+        if self.threshold != "auto":
+            try:
+                value = float(self.threshold)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not np.isfinite(value):
+                raise ValueError(f"threshold must be a number or 'auto', got {self.threshold!r}")
+            return value
+        value = self._adapter_info().get("threshold", 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{self.adapter}: adapter threshold must be a number, got {value!r}")
+        return float(value)
+
+    def _adapter_info(self) -> dict:
+        """What ``make finetune`` recorded beside the adapter (empty without one)."""
+        if self.adapter is None:
+            return {}
+        path = Path(self.adapter) / ADAPTER_EXTRAS[0]
+        try:
+            info = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable adapter information ({exc})") from exc
+        if not isinstance(info, dict):
+            raise ValueError(f"{path}: adapter information is not a JSON object")
+        return info
 
     def _backend(self):
         if getattr(self, "backend_", None) is None:
@@ -154,15 +190,20 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             return []
         from flexlog.rag import format_knowledge
 
-        found = index.lookup(
-            list(dict.fromkeys(events)), getattr(self, "templates_", None), **self._scope()
-        )
+        # Rarest events first: when the budget cuts the list, the ubiquitous ones go.
+        counts = Counter(events)
+        keys = sorted(counts, key=counts.__getitem__)
+        found = index.lookup(keys, getattr(self, "templates_", None), **self._scope())
         return format_knowledge(found)
 
     def conversations(self, X) -> list[list[dict[str, str]]]:
         """The chat messages sent for each sequence (also what fine-tuning trains on)."""
         backend = self._backend()
-        budget = self.max_prompt_tokens or max(64, backend.context_tokens - 16)
+        trained = self._adapter_info().get("max_seq_tokens")  # prompts as long as in training
+        budget = self.max_prompt_tokens or (
+            trained if isinstance(trained, int) and trained >= 64 else None
+        )
+        budget = budget or max(64, backend.context_tokens - 16)
         template = getattr(self, "template_", None) or PromptTemplate.load(self.prompt)
         out = []
         for events in as_event_lists(X):
@@ -182,9 +223,34 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             self.fit(X)
         if len(X) == 0:
             return []
-        decisions = self._backend().classify(self.conversations(X), self.template_)
+        raw = self._backend().classify(self.conversations(X), self.template_)
+        decisions = [with_threshold(d, self.threshold_) for d in raw]
         self.decisions_ = decisions
         return decisions
+
+    def margins(self, X) -> np.ndarray:
+        """``lp(anomalous) - lp(normal)`` per sequence (needs the log-probability decoding)."""
+        decisions = self.decide(X)
+        missing = [i for i, d in enumerate(decisions) if d.logprobs is None]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} decisions have no log-probabilities (decoding "
+                f"{self.decoding!r}, first at index {missing[0]}); use decoding='logprobs'"
+            )
+        return np.array([d.logprobs[1] - d.logprobs[0] for d in decisions])
+
+    def calibrate(self, X, y) -> dict:
+        """Tune ``threshold_`` for the best F1 on labelled held-out sequences (never the
+        test set); returns the chosen threshold and F1 before and after."""
+        y = check_labels(y, len(as_event_lists(X)))
+        margins = self.margins(X)
+        self.threshold_, f1 = calibrate_threshold(margins, y)
+        return {
+            "threshold": self.threshold_,
+            "f1": f1,
+            "f1_at_zero": scores(y, (margins > 0.0).astype(int))["f1"],
+            "sequences": len(y),
+        }
 
     def predict(self, X) -> np.ndarray:
         return np.array([d.label for d in self.decide(X)], dtype=np.int64)
@@ -211,7 +277,12 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             index.save(directory / "knowledge")
             files += [f"knowledge/{p.name}" for p in sorted((directory / "knowledge").iterdir())]
         (directory / "llm.json").write_text(
-            json.dumps({"adapter_in_bundle": self.adapter is not None})
+            json.dumps(
+                {
+                    "adapter_in_bundle": self.adapter is not None,
+                    "threshold": getattr(self, "threshold_", None),
+                }
+            )
         )
         return [*files, "llm.json"]
 
@@ -227,6 +298,11 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
         voter = cls(**params)
         voter._validate()
         voter.template_ = PromptTemplate.load(voter.prompt)
+        threshold = state.get("threshold")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise BundleFormatError(f"{directory}/llm.json: threshold is not a number")
+            voter.threshold_ = float(threshold)
         if state.get("templates"):
             voter.add_templates(state["templates"])
         if voter.retrieval and (directory / "knowledge").is_dir():
