@@ -104,3 +104,17 @@ def test_detector_with_llm_round_trips_through_a_bundle(adfa_small, tmp_path):
 def test_bad_configuration_is_a_clear_error(params, message):
     with pytest.raises(ValueError, match=message):
         LLMVoter(retrieval=False, **params).fit([["a"]])
+
+
+def test_llm_bench_reports_throughput_per_backend(datasets_dir, tmp_path):
+    from flexlog.llm.bench import run_llm_bench
+
+    report = run_llm_bench(
+        ["transformers"], n=2, max_prompt_tokens=256, datasets=datasets_dir, out_dir=tmp_path
+    )
+    row = report["backends"]["transformers"]
+    assert report["sequences"] == 2 and row["sequences_per_second"] > 0
+    assert row["paths"] == ["logprobs"] and row["agreement_with_first"] == 1.0
+    assert (tmp_path / "llm-bench.json").is_file() and (tmp_path / "llm-bench.md").is_file()
+    with pytest.raises(ValueError, match="unknown LLM bench backends"):
+        run_llm_bench(["tgi"], n=2, datasets=datasets_dir)
