@@ -84,6 +84,18 @@ def run_config(
     return result
 
 
+def _previous(path: Path, steps: int) -> dict[str, dict]:
+    """Results of an earlier run with the same step count, so an interrupted or extended run
+    (more seeds) only computes what is missing."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: {path}: not JSON ({exc}); move it away to start over") from exc
+    return {k: r for k, r in old.items() if r.get("info", {}).get("finetune_steps") == steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
@@ -105,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     corpus = load_adfa(Path(args.datasets) / "adfa-ld")
     out = Path(args.out)
-    results: dict[str, dict] = {}
+    results = _previous(out / "results.json", args.steps)
     for holdout in holdouts:
         for seed in seeds:
             key = f"{holdout}/{seed}"
+            if key in results:
+                print(f"{key}: already in {out / 'results.json'}, skipped", flush=True)
+                continue
             results[key] = run_config(
                 corpus,
                 holdout,
