@@ -1,8 +1,18 @@
 """The detection pipeline: cache lookups, de-duplicated misses, one batched call per voter,
-majority vote, cache fill, answers in input order."""
+majority vote, cache fill, answers in input order.
+
+By default any voter error propagates. A detector given ``tolerate`` (for a service, usually
+:func:`transient_errors`) keeps answering when a voter fails with one of those errors: the
+voter abstains, the majority is taken over the others, the answer is marked degraded (and is
+not cached), and the voter rests for ``retry_after`` seconds before it is asked again, so a
+dead backend costs one timeout per rest period rather than one per request.
+"""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -10,20 +20,32 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from flexlog.data.records import LogSequence
-from flexlog.ensemble import VotingEnsemble, majority_vote
+from flexlog.ensemble import Poll, VotingEnsemble
 
 if TYPE_CHECKING:
     from flexlog.cache import SequenceCache
 
 LABEL_NAMES = ("normal", "anomalous")
 
+logger = logging.getLogger("flexlog.detector")
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a voter is unavailable for now rather than wrong: its LLM backend is
+    unreachable, timed out or answered garbage (BackendError), or a connection was lost."""
+    from flexlog.llm.backends.base import BackendError
+
+    return (BackendError, TimeoutError, ConnectionError)
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The answer for one sequence: its label, every voter's vote, and where it came from.
 
-    ``source`` is "ensemble" (voted now), "cache" (a model answer seen before) or "human"
-    (a label corrected through the cache, which wins over the models).
+    ``source`` is "ensemble" (voted now), "cache" (a model answer seen before), "human"
+    (a label corrected through the cache, which wins over the models) or "voter" (one voter
+    asked alone, see :meth:`Detector.predict_voter`). ``abstained`` names the voters that
+    could not vote on a degraded answer.
     """
 
     id: str
@@ -31,13 +53,19 @@ class Verdict:
     votes: dict[str, int] = field(default_factory=dict)
     cached: bool = False
     source: str = "ensemble"
+    abstained: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
         return LABEL_NAMES[self.label]
 
+    @property
+    def degraded(self) -> bool:
+        """Whether some voter could not vote on this answer."""
+        return bool(self.abstained)
+
     def to_json(self) -> dict:
-        return {
+        record = {
             "id": self.id,
             "label": self.label,
             "verdict": self.verdict,
@@ -45,29 +73,63 @@ class Verdict:
             "cached": self.cached,
             "source": self.source,
         }
+        if self.abstained:
+            record["degraded"] = True
+            record["abstained"] = list(self.abstained)
+        return record
 
 
 @dataclass
 class DetectorStats:
-    """Counters over a detector's lifetime, for reports and the service's metrics."""
+    """Counters over a detector's lifetime, for reports and the service's metrics.
+
+    ``degraded``: distinct sequences voted on without every voter; ``voter_errors``: failures
+    per voter that made it abstain; ``cache_errors``: cache reads or writes that failed (the
+    answers were served anyway).
+    """
 
     sequences: int = 0
     cache_hits: int = 0
     voted: int = 0
     vote_seconds: float = 0.0
+    degraded: int = 0
+    cache_errors: int = 0
+    voter_errors: dict[str, int] = field(default_factory=dict)
 
 
 class Detector:
-    """An ensemble of voters behind an optional sequence cache."""
+    """An ensemble of voters behind an optional sequence cache.
 
-    def __init__(self, ensemble: VotingEnsemble, cache: SequenceCache | None = None):
+    ``tolerate``: voter errors that make the voter abstain instead of failing the batch
+    (default none; see :func:`transient_errors`). ``retry_after``: seconds a voter that failed
+    so rests before it is asked again. Safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        ensemble: VotingEnsemble,
+        cache: SequenceCache | None = None,
+        *,
+        tolerate: Iterable[type[BaseException]] = (),
+        retry_after: float = 30.0,
+    ):
         self.ensemble = ensemble
         self.cache = cache
         self.stats = DetectorStats()
+        self.tolerate = tuple(tolerate)
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._down: dict[str, tuple[float, str]] = {}
 
     @property
     def voter_names(self) -> list[str]:
         return self.ensemble.names
+
+    def unavailable(self) -> dict[str, str]:
+        """Voters whose last attempt failed with a tolerated error (name → error); each is
+        asked again once its rest is over, and leaves this list when it answers."""
+        with self._lock:
+            return {name: reason for name, (_, reason) in self._down.items()}
 
     def fit(self, sequences: Sequence[LogSequence], *, progress: bool = False) -> Detector:
         """Fit every voter on labelled sequences."""
@@ -81,39 +143,98 @@ class Detector:
 
     def predict(self, batch: Sequence[LogSequence]) -> list[Verdict]:
         """Answer a batch in input order; each distinct unseen sequence is voted on once."""
+        answers = self.lookup(batch)
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        if missing:
+            voted = self.vote([batch[i] for i in missing])
+            for i, verdict in zip(missing, voted, strict=True):
+                answers[i] = verdict
+        return answers  # type: ignore[return-value]
+
+    def lookup(self, batch: Sequence[LogSequence]) -> list[Verdict | None]:
+        """The cached answers of a batch, in order; None where there is none (or no cache).
+
+        A cache that cannot be read counts as all misses (``stats.cache_errors`` + 1).
+        """
         n = len(batch)
-        if n == 0:
-            return []
-        keys = [seq.events for seq in batch]
-        entries = self.cache.get_many(keys) if self.cache is not None else [None] * n
-        pending: dict[tuple[str, ...], list[int]] = {}
-        answers: list[Verdict | None] = [None] * n
-        for i, (seq, entry) in enumerate(zip(batch, entries, strict=True)):
+        if self.cache is None or n == 0:
+            return [None] * n
+        from flexlog.cache import CacheError
+
+        try:
+            entries = self.cache.get_many([seq.events for seq in batch])
+        except (sqlite3.Error, CacheError) as exc:
+            self._cache_failed("lookup", exc)
+            return [None] * n
+        answers: list[Verdict | None] = []
+        for seq, entry in zip(batch, entries, strict=True):
             if entry is None:
-                pending.setdefault(keys[i], []).append(i)
+                answers.append(None)
             else:
                 source = "human" if entry.source == "human" else "cache"
-                answers[i] = Verdict(seq.id, entry.label, dict(entry.votes), True, source)
-        if pending:
-            unique = list(pending)
-            start = time.perf_counter()
-            votes = self.ensemble.votes(unique)
-            labels = majority_vote(votes)
-            self.stats.vote_seconds += time.perf_counter() - start
-            names = list(votes)
-            columns = [votes[name].tolist() for name in names]
-            fresh = []
-            for j, key in enumerate(unique):
-                vote = {name: col[j] for name, col in zip(names, columns, strict=True)}
-                label = int(labels[j])
-                fresh.append((key, label, vote))
-                for i in pending[key]:
-                    answers[i] = Verdict(batch[i].id, label, vote, False, "ensemble")
-            if self.cache is not None:
-                self.cache.add_many(fresh)
-        self.stats.sequences += n
-        self.stats.voted += len(pending)
-        self.stats.cache_hits += n - sum(len(v) for v in pending.values())
+                answers.append(Verdict(seq.id, entry.label, dict(entry.votes), True, source))
+        hits = n - answers.count(None)
+        with self._lock:
+            self.stats.sequences += hits
+            self.stats.cache_hits += hits
+        return answers
+
+    def vote(self, batch: Sequence[LogSequence]) -> list[Verdict]:
+        """Vote on a batch without looking in the cache; each distinct sequence is voted on
+        once. Complete answers are added to the cache, degraded ones are not.
+
+        Raises :class:`~flexlog.ensemble.NoVotersError` when no voter could vote.
+        """
+        if not batch:
+            return []
+        pending = self._distinct(batch)
+        unique = list(pending)
+        start = time.perf_counter()
+        poll = self._poll(unique)
+        labels = poll.labels()
+        elapsed = time.perf_counter() - start
+        names = list(poll.votes)
+        columns = [poll.votes[name].tolist() for name in names]
+        abstained = tuple(poll.abstained)
+        answers: list[Verdict | None] = [None] * len(batch)
+        fresh = []
+        for j, key in enumerate(unique):
+            vote = {name: col[j] for name, col in zip(names, columns, strict=True)}
+            label = int(labels[j])
+            fresh.append((key, label, vote))
+            for i in pending[key]:
+                answers[i] = Verdict(batch[i].id, label, vote, False, "ensemble", abstained)
+        if self.cache is not None and not poll.degraded:
+            self._cache_add(fresh)
+        with self._lock:
+            self.stats.sequences += len(batch)
+            self.stats.voted += len(unique)
+            self.stats.vote_seconds += elapsed
+            if poll.degraded:
+                self.stats.degraded += len(unique)
+        return answers  # type: ignore[return-value]
+
+    def predict_voter(self, batch: Sequence[LogSequence], name: str) -> list[Verdict]:
+        """Answer a batch with one voter alone (no cache: it holds the ensemble's answers).
+
+        Raises ValueError for an unknown voter and
+        :class:`~flexlog.ensemble.NoVotersError` when the voter is unavailable.
+        """
+        if name not in self.voter_names:
+            raise ValueError(f"unknown voter {name!r}; this detector has {self.voter_names}")
+        if not batch:
+            return []
+        pending = self._distinct(batch)
+        unique = list(pending)
+        labels = self._poll(unique, voters=[name]).labels()
+        answers: list[Verdict | None] = [None] * len(batch)
+        for j, key in enumerate(unique):
+            label = int(labels[j])
+            for i in pending[key]:
+                answers[i] = Verdict(batch[i].id, label, {name: label}, False, "voter")
+        with self._lock:
+            self.stats.sequences += len(batch)
+            self.stats.voted += len(unique)
         return answers  # type: ignore[return-value]
 
     def predict_stream(
@@ -125,6 +246,54 @@ class Detector:
         it = iter(sequences)
         while batch := list(islice(it, batch_size)):
             yield from self.predict(batch)
+
+    # -- internals -------------------------------------------------------------------------
+    @staticmethod
+    def _distinct(batch: Sequence[LogSequence]) -> dict[tuple[str, ...], list[int]]:
+        """Each distinct event sequence of the batch → the positions where it occurs."""
+        pending: dict[tuple[str, ...], list[int]] = {}
+        for i, seq in enumerate(batch):
+            pending.setdefault(seq.events, []).append(i)
+        return pending
+
+    def _poll(self, events: list[tuple[str, ...]], voters: Sequence[str] | None = None) -> Poll:
+        """Ask the voters, skipping those resting after an error; record who failed."""
+        now = time.monotonic()
+        asked = set(self.voter_names if voters is None else voters)
+        with self._lock:
+            skip = {
+                name: f"{reason} (resting; asked again in {until - now:.0f} s)"
+                for name, (until, reason) in self._down.items()
+                if until > now and name in asked
+            }
+        poll = self.ensemble.poll(events, voters=voters, skip=skip, tolerate=self.tolerate)
+        with self._lock:
+            for name, reason in poll.abstained.items():
+                if name in skip:
+                    continue
+                if name not in self._down:
+                    logger.warning(
+                        "voter %s is unavailable, answering without it: %s", name, reason
+                    )
+                self._down[name] = (time.monotonic() + self.retry_after, reason)
+                self.stats.voter_errors[name] = self.stats.voter_errors.get(name, 0) + 1
+            for name in poll.votes:
+                if self._down.pop(name, None) is not None:
+                    logger.warning("voter %s is answering again", name)
+        return poll
+
+    def _cache_add(self, fresh: list[tuple[tuple[str, ...], int, dict[str, int]]]) -> None:
+        from flexlog.cache import CacheError
+
+        try:
+            self.cache.add_many(fresh)  # type: ignore[union-attr]
+        except (sqlite3.Error, CacheError) as exc:
+            self._cache_failed("write", exc)
+
+    def _cache_failed(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            self.stats.cache_errors += 1
+        logger.warning("sequence cache %s failed, answering without it: %s", what, exc)
 
 
 def make_detector(

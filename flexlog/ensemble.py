@@ -1,8 +1,15 @@
-"""Majority voting over named voters (FlexLog: a tie is normal)."""
+"""Majority voting over named voters (FlexLog: a tie is normal).
+
+:meth:`VotingEnsemble.votes` asks every voter and lets any error through. A service that must
+keep answering when one voter's backend is down uses :meth:`VotingEnsemble.poll` instead: a
+voter that raises one of the given (transient) errors, or that the caller skips, abstains,
+and the majority is taken over the voters that did vote.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,6 +24,37 @@ def majority_vote(votes: Mapping[str, np.ndarray]) -> np.ndarray:
         raise ValueError("no votes to combine")
     stacked = np.vstack([np.asarray(v, dtype=np.int64) for v in votes.values()])
     return (2 * stacked.sum(axis=0) > stacked.shape[0]).astype(np.int64)
+
+
+class NoVotersError(RuntimeError):
+    """Every voter asked abstained, so there is no majority to take; ``abstained`` maps each
+    voter to its reason."""
+
+    def __init__(self, message: str, abstained: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.abstained = dict(abstained or {})
+
+
+@dataclass(frozen=True)
+class Poll:
+    """The votes of one batch: a 0/1 array per voter that voted, and why the others abstained."""
+
+    votes: dict[str, np.ndarray]
+    abstained: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether some voter asked did not vote."""
+        return bool(self.abstained)
+
+    def labels(self) -> np.ndarray:
+        """Majority over the voters that voted (a tie is normal); NoVotersError if none did."""
+        if not self.votes:
+            reasons = "; ".join(f"{n}: {r}" for n, r in self.abstained.items())
+            raise NoVotersError(
+                f"no voter could answer ({reasons or 'no voters asked'})", self.abstained
+            )
+        return majority_vote(self.votes)
 
 
 class VotingEnsemble:
@@ -53,5 +91,41 @@ class VotingEnsemble:
         batch = X if isinstance(X, FeatureMemo) else FeatureMemo(as_event_lists(X))
         return {name: np.asarray(v.predict(batch), dtype=np.int64) for name, v in self.voters}
 
+    def poll(
+        self,
+        X,
+        *,
+        voters: Sequence[str] | None = None,
+        skip: Mapping[str, str] | None = None,
+        tolerate: tuple[type[BaseException], ...] = (),
+    ) -> Poll:
+        """Ask the named ``voters`` (default: all) about the same batch.
+
+        A voter named in ``skip`` (name → reason) is not asked; a voter whose ``predict``
+        raises one of ``tolerate`` abstains, with the error as its reason. Any other error
+        propagates, as in :meth:`votes`.
+        """
+        members = dict(self.voters)
+        names = self.names if voters is None else list(voters)
+        unknown = [n for n in names if n not in members]
+        if unknown:
+            raise ValueError(f"unknown voters {unknown}; this ensemble has {self.names}")
+        skip = skip or {}
+        batch = X if isinstance(X, FeatureMemo) else FeatureMemo(as_event_lists(X))
+        votes: dict[str, np.ndarray] = {}
+        abstained: dict[str, str] = {}
+        for name in names:
+            if name in skip:
+                abstained[name] = skip[name]
+                continue
+            try:
+                votes[name] = np.asarray(members[name].predict(batch), dtype=np.int64)
+            except tolerate as exc:
+                abstained[name] = f"{type(exc).__name__}: {exc}"
+        return Poll(votes, abstained)
+
     def predict(self, X) -> np.ndarray:
         return majority_vote(self.votes(X))
+
+
+__all__ = ["NoVotersError", "Poll", "VotingEnsemble", "majority_vote"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,99 @@ def test_ensemble_fit_checks_labels() -> None:
     ens = VotingEnsemble([("dt", make_detector(["dt"]).ensemble.voters[0][1])])
     with pytest.raises(ValueError, match="both normal"):
         ens.fit([["a"], ["b"]], [1, 1])
+
+
+# -- voters that fail: degraded answers ----------------------------------------------------
+class _Flaky:
+    """A voter whose backend can be switched off: it then raises BackendError, as the LLM
+    voter does when its server is unreachable."""
+
+    def __init__(self, vote: int) -> None:
+        self.vote = vote
+        self.down = False
+        self.calls = 0
+
+    def predict(self, X) -> np.ndarray:
+        from flexlog.llm.backends.base import BackendError
+
+        self.calls += 1
+        if self.down:
+            raise BackendError("LLM server unreachable")
+        return np.full(len(X), self.vote)
+
+
+class _Const:
+    def __init__(self, vote: int) -> None:
+        self.vote = vote
+
+    def predict(self, X) -> np.ndarray:
+        return np.full(len(X), self.vote)
+
+
+def _flaky_detector(cache: SequenceCache | None = None, retry_after: float = 0.0):
+    from flexlog.detector import transient_errors
+
+    flaky = _Flaky(1)
+    members = [("a", _Const(1)), ("b", _Const(0)), ("c", _Const(1)), ("llm", flaky)]
+    det = Detector(
+        VotingEnsemble(members), cache, tolerate=transient_errors(), retry_after=retry_after
+    )
+    return det, flaky
+
+
+def test_a_failing_voter_abstains_and_the_rest_decide(tmp_path: Path) -> None:
+    seq = LogSequence("s", ("x", "y"))
+    with SequenceCache(tmp_path / "cache.sqlite") as cache:
+        det, flaky = _flaky_detector(cache)
+        flaky.down = True
+        (v,) = det.predict([seq])
+        # 2 of the 3 voters that voted say anomalous: a strict majority of those voting
+        assert v.label == 1 and v.degraded and v.abstained == ("llm",)
+        assert v.votes == {"a": 1, "b": 0, "c": 1}
+        assert v.to_json()["degraded"] is True and v.to_json()["abstained"] == ["llm"]
+        assert len(cache) == 0  # a degraded answer is not cached
+        assert det.stats.voter_errors == {"llm": 1} and det.stats.degraded == 1
+        assert "llm" in det.unavailable()
+        flaky.down = False  # the backend is back: the next call asks it again
+        (again,) = det.predict([seq])
+        assert not again.degraded and again.votes["llm"] == 1 and not again.cached
+        assert det.unavailable() == {} and len(cache) == 1
+        (third,) = det.predict([seq])
+        assert third.cached and not third.degraded
+
+
+def test_a_failed_voter_rests_before_it_is_asked_again() -> None:
+    det, flaky = _flaky_detector(retry_after=0.5)
+    flaky.down = True
+    det.predict([LogSequence("1", ("a",))])
+    flaky.down = False
+    (v,) = det.predict([LogSequence("2", ("b",))])
+    assert flaky.calls == 1  # resting: not asked, still abstains
+    assert v.abstained == ("llm",) and "unreachable" in det.unavailable()["llm"]
+    time.sleep(0.6)  # the rest is over
+    (w,) = det.predict([LogSequence("3", ("c",))])
+    assert flaky.calls == 2 and not w.degraded and det.unavailable() == {}
+
+
+def test_without_tolerance_a_voter_error_propagates() -> None:
+    from flexlog.llm.backends.base import BackendError
+
+    flaky = _Flaky(1)
+    flaky.down = True
+    det = Detector(VotingEnsemble([("a", _Const(1)), ("llm", flaky)]))
+    with pytest.raises(BackendError):
+        det.predict([LogSequence("s", ("x",))])
+
+
+def test_no_voter_left_is_an_error_and_one_voter_can_answer_alone() -> None:
+    from flexlog.ensemble import NoVotersError
+
+    det, flaky = _flaky_detector()
+    flaky.down = True
+    with pytest.raises(NoVotersError, match="llm") as info:
+        det.predict_voter([LogSequence("s", ("x",))], "llm")
+    assert set(info.value.abstained) == {"llm"}
+    (v,) = det.predict_voter([LogSequence("s", ("x",))], "b")
+    assert (v.label, v.votes, v.source, v.cached) == (0, {"b": 0}, "voter", False)
+    with pytest.raises(ValueError, match="unknown voter"):
+        det.predict_voter([LogSequence("s", ("x",))], "zz")

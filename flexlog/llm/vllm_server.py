@@ -358,7 +358,7 @@ class VLLMServer:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=grace)
+                proc.wait(timeout=30)  # SIGKILL cannot be ignored; only reaping is left
         if proc is not None:  # engine workers left behind in its process group
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
