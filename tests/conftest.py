@@ -67,3 +67,18 @@ def hdfs_small(hdfs_sessions) -> tuple[list[LogSequence], list[LogSequence]]:
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+@pytest.fixture(scope="session")
+def adfa_demo(tmp_path_factory) -> Path:
+    """What ``make demo`` builds, in a temporary directory: ADFA-U (holdout web) from the
+    shipped sample in ``DIR/data`` and an ML-only bundle (KNN, DT, SLFN) in ``DIR/bundle``."""
+    from flexlog.cli import main
+
+    out = tmp_path_factory.mktemp("adfa-demo")
+    data = out / "data"
+    build = ["dataset", "build", "adfa-u", "--holdout", "web", "--source", str(ADFA_SAMPLE)]
+    assert main([*build, "--out", str(data)]) == 0
+    train = ["train", "--train", str(data / "limited_train.jsonl"), "--voters", "knn,dt,slfn"]
+    assert main([*train, "--out", str(out / "bundle")]) == 0
+    return out

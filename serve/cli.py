@@ -1,0 +1,176 @@
+"""``flexlog serve`` and ``flexlog serve-bench``, added to the flexlog command line through
+the ``flexlog.commands`` entry point (flexlog itself imports nothing from here)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+#: Settings fields that ``flexlog serve`` exposes as options, with their help.
+_LIMITS = {
+    "max_request_bytes": (int, "largest request body, bytes (default 8 MiB)"),
+    "max_batch": (int, "sequences or prompts per request (default 1024)"),
+    "max_lines": (int, "raw log lines per request (default 100000)"),
+    "max_events": (int, "events per sequence (default 100000)"),
+    "batch_size": (int, "sequences per micro-batch of the voters (default 256)"),
+    "batch_wait_ms": (float, "wait to fill a micro-batch, ms (default 2)"),
+    "retry_after": (float, "seconds a failed voter rests before it is asked again (default 15)"),
+    "request_timeout": (float, "seconds to answer a request before 503 (default 600)"),
+    "cache_timeout": (float, "seconds to wait for a locked cache database (default 0.25)"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` and ``serve-bench`` commands."""
+    s = subparsers.add_parser(
+        "serve", help="serve a bundle over an OpenAI-compatible HTTP API (FastAPI + uvicorn)"
+    )
+    s.add_argument("--bundle", required=True, help="bundle directory from flexlog train")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted bearer key (repeatable); better: $FLEXLOG_API_KEYS or --api-keys-file",
+    )
+    s.add_argument("--api-keys-file", help="file with one accepted key per line")
+    s.add_argument(
+        "--cache",
+        default="bundle",
+        help="'bundle' (BUNDLE/cache.sqlite, default), 'memory', 'off', or a database path",
+    )
+    s.add_argument("--model-name", default="flexlog", help="model id of the ensemble")
+    s.add_argument("--llm-base-url", help="point the bundle's LLM voter at this server")
+    s.add_argument("--llm-timeout", type=float, help="LLM request timeout, seconds")
+    s.add_argument(
+        "--vllm",
+        metavar="CONFIG",
+        help="start vLLM for the LLM voter: 'cpu', 'gpu' or a launch config YAML",
+    )
+    s.add_argument("--vllm-log", help="file for the vLLM server's output")
+    for name, (kind, text) in _LIMITS.items():
+        s.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
+    s.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    s.set_defaults(func=cmd_serve)
+
+    b = subparsers.add_parser(
+        "serve-bench", help="load-test a running service: req/s and p50/p99 latency"
+    )
+    b.add_argument("--url", required=True, help="service for the cache and ML paths")
+    b.add_argument("--ensemble-url", help="service whose bundle has the LLM voter")
+    b.add_argument("--sequences", required=True, help="canonical JSONL to draw requests from")
+    b.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    b.add_argument("--model", default="flexlog")
+    b.add_argument("--api-key", help="bearer key (or $FLEXLOG_API_KEY)")
+    b.add_argument("--out", default="runs/serve-bench", help="report directory")
+    b.set_defaults(func=cmd_serve_bench)
+
+
+def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    from .settings import api_keys_from_env
+
+    keys = [*args.api_key, *api_keys_from_env()]
+    if args.api_keys_file:
+        try:
+            text = Path(args.api_keys_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{args.api_keys_file}: cannot read API keys ({exc})") from exc
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+    return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the bundle and serve it until interrupted."""
+    try:
+        from pydantic import ValidationError
+
+        from .app import create_app
+        from .runner import serve_forever
+        from .settings import Settings
+    except ImportError as exc:
+        raise ValueError(f"flexlog serve needs the 'serve' extra of flexlog: {exc}") from exc
+
+    options = {k: getattr(args, k) for k in _LIMITS if getattr(args, k) is not None}
+    try:
+        settings = Settings(
+            host=args.host,
+            port=args.port,
+            api_keys=_api_keys(args),
+            cache=args.cache,
+            model_name=args.model_name,
+            llm_base_url=args.llm_base_url,
+            llm_timeout=args.llm_timeout,
+            vllm=args.vllm,
+            vllm_log=args.vllm_log,
+            log_level=args.log_level,
+            **options,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid serve options: {problems}") from None
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.api_keys and not _is_loopback(settings.host):
+        print(
+            f"warning: serving on {settings.host} without API keys; anyone who can reach it "
+            "can use and edit the cache",
+            file=sys.stderr,
+        )
+    app = create_app(Path(args.bundle), settings)
+    serve_forever(app, settings.host, settings.port, log_level=settings.log_level)
+    return 0
+
+
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    """Run :func:`flexlog.serve.bench.run_bench` and print and save the table."""
+    import os
+
+    from flexlog.data.records import read_jsonl
+
+    try:
+        from .bench import format_table, run_bench, save_results
+    except ImportError as exc:
+        raise ValueError(f"flexlog serve-bench needs the 'serve' extra of flexlog: {exc}") from exc
+
+    seqs, report = read_jsonl(args.sequences)
+    if not seqs:
+        raise ValueError(f"{args.sequences}: no usable sequences ({report.summary()})")
+    try:
+        concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--concurrency {args.concurrency!r}: expected integers") from exc
+    targets = {"cache": args.url.rstrip("/"), "ml": args.url.rstrip("/")}
+    if args.ensemble_url:
+        targets["ensemble"] = args.ensemble_url.rstrip("/")
+    results = run_bench(
+        targets,
+        seqs,
+        concurrency=concurrency,
+        duration=args.duration,
+        model=args.model,
+        api_key=args.api_key or os.environ.get("FLEXLOG_API_KEY"),
+        progress=lambda r: print(
+            f"{r.scenario} x{r.concurrency}: {r.rps:.1f} req/s, p50 {r.p50_ms:.1f} ms, "
+            f"p99 {r.p99_ms:.1f} ms, {r.errors} errors",
+            file=sys.stderr,
+        ),
+    )
+    print(format_table(results))
+    path = save_results(results, args.out)
+    print(f"written to {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,216 @@
+"""Reading log sequences out of requests.
+
+A chat message or completion prompt holds one log sequence, written as
+
+* a JSON list: ``["open", "read", "close"]``,
+* a bracketed list, as in the FlexLog prompt: ``[open, read x3, close]`` (an optional
+  ``log sequence:`` before it is ignored), or
+* raw log lines, one per line.
+
+Each item of a list, and each line, is an *event key* when it is 1 to 256 characters without
+whitespace or control characters (``"read x3"`` is the key ``read`` three times); anything else
+is a *raw log line*, which the bundle's Drain parser (or a fresh one for the request's
+``format``) maps to its template's key. So free text never reaches a voter, or the LLM's
+prompt, as text: it becomes a template key such as ``T1a2b3c4d``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from flexlog.data.records import IngestReport, LogSequence
+from flexlog.parsing import TemplateParser, get_preset, partition
+
+#: What an event key looks like; anything else is a raw log line.
+KEY = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
+_RUN = re.compile(r"([^\s\x00-\x1f\x7f]{1,256}) x([1-9][0-9]{0,6})")
+_PREFIX = re.compile(r"log sequence:\s*", re.IGNORECASE)
+_SOURCE = "request"
+
+
+class ContentError(ValueError):
+    """Content that is no usable log sequence; the message says why and is safe to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One item of a sequence: an event key repeated ``repeat`` times, or a raw log line."""
+
+    text: str
+    raw: bool
+    repeat: int = 1
+
+
+def is_key(text: str) -> bool:
+    """Whether ``text`` is an event key (not a raw log line)."""
+    return KEY.fullmatch(text) is not None
+
+
+def split_items(content: str) -> list[Item]:
+    """The items of one message: a JSON or bracketed list, else its non-blank lines."""
+    text = _PREFIX.sub("", content.strip(), count=1).strip()
+    if not text:
+        raise ContentError("the message holds no log sequence")
+    values: list[str] | None = None
+    if text.startswith("["):
+        try:
+            decoded = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            decoded = None
+        if isinstance(decoded, list):
+            values = []
+            for i, v in enumerate(decoded):
+                if isinstance(v, bool) or not isinstance(v, (str, int)):
+                    raise ContentError(f"item {i} of the list is not a string or integer")
+                values.append(str(v))
+        elif text.endswith("]") and "\n" not in text:
+            values = [v.strip() for v in text[1:-1].split(",")]
+    if values is None:
+        return [Item(line.strip(), raw=not is_key(line.strip())) for line in _lines(text)]
+    items = []
+    for i, value in enumerate(values):
+        if not value.strip():
+            raise ContentError(f"item {i} of the list is empty")
+        run = _RUN.fullmatch(value.strip())
+        if run is not None:
+            items.append(Item(run.group(1), raw=False, repeat=int(run.group(2))))
+        else:
+            items.append(Item(value.strip(), raw=not is_key(value.strip())))
+    return items
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+class SequenceReader:
+    """Builds :class:`LogSequence` objects from request content with a bundle's parser.
+
+    ``parser_state`` is the bundle's saved Drain parser (None: raw lines are parsed by a fresh
+    parser per request, ``generic`` unless the request names a format); ``templates`` are the
+    bundle's template texts, used to map unseen templates onto their closest known one.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        parser_state: dict | None = None,
+        templates: Mapping[str, str] | None = None,
+        *,
+        max_events: int = 100_000,
+        max_lines: int = 100_000,
+    ):
+        self._saved = TemplateParser.from_dict(parser_state) if parser_state else None
+        self._lock = threading.Lock()
+        self._templates = dict(templates) if templates else None
+        self._aligner = None
+        self.max_events = max_events
+        self.max_lines = max_lines
+
+    @property
+    def default_format(self) -> str:
+        return self._saved.preset.name if self._saved is not None else "generic"
+
+    def check_format(self, fmt: str | None) -> None:
+        """ContentError for an unknown log preset name."""
+        if fmt is not None:
+            try:
+                get_preset(fmt)
+            except ValueError as exc:
+                raise ContentError(str(exc)) from exc
+
+    # -- one sequence per message ------------------------------------------------------------
+    def sequence(self, content: str, seq_id: str, fmt: str | None = None) -> LogSequence:
+        """The log sequence written in one message (see the module docstring)."""
+        self.check_format(fmt)
+        items = split_items(content)
+        total = sum(item.repeat for item in items)
+        if total > self.max_events:
+            raise ContentError(f"the sequence has {total} events, over the limit {self.max_events}")
+        raw = [item.text for item in items if item.raw]
+        if len(raw) > self.max_lines:
+            raise ContentError(f"{len(raw)} raw log lines, over the limit {self.max_lines}")
+        keys = iter(self._parse_items(raw, fmt) if raw else [])
+        events: list[str] = []
+        for item in items:
+            events.extend([next(keys) if item.raw else item.text] * item.repeat)
+        return LogSequence(seq_id, tuple(events))
+
+    def _parse_items(self, raw: list[str], fmt: str | None) -> list[str]:
+        """Event keys of raw log lines; ContentError naming the first line that fails."""
+        report = IngestReport()
+        parsed = self._parse(list(enumerate(raw, start=1)), fmt, report)
+        if report.rejections:
+            first = report.rejections[0]
+            raise ContentError(f"raw log line {first.line}: {first.reason}")
+        mapping = self._alignment({p.event: p.template for p in parsed})
+        return [mapping.get(p.event, p.event) for p in parsed]
+
+    # -- raw lines, partitioned into many sequences ------------------------------------------
+    def partition(
+        self,
+        lines: Sequence[str],
+        fmt: str | None,
+        mode: str,
+        *,
+        window: int = 20,
+        step: int = 1,
+    ) -> tuple[list[LogSequence], IngestReport]:
+        """Parse raw log lines and group them into sequences (by session id, or fixed or
+        sliding windows). Every non-blank line is accepted or rejected in the report."""
+        self.check_format(fmt)
+        if len(lines) > self.max_lines:
+            raise ContentError(f"{len(lines)} lines, over the limit {self.max_lines}")
+        preset = get_preset(fmt or self.default_format)
+        if mode == "session" and preset.session_pattern is None:
+            raise ContentError(
+                f"log format {preset.name!r} has no session id; use partition 'fixed' or 'sliding'"
+            )
+        report = IngestReport()
+        numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+        parsed = self._parse(numbered, fmt, report)
+        stage = IngestReport()
+        kw: dict = {"report": stage} if mode == "session" else {"size": window}
+        if mode == "sliding":
+            kw["step"] = step
+        seqs = partition(parsed, mode, source=_SOURCE, **kw)
+        for rejection in stage.rejections:
+            report.reject_accepted(rejection)
+        mapping = self._alignment({p.event: p.template for p in parsed})
+        if mapping:
+            get = mapping.get
+            seqs = [LogSequence(s.id, tuple(get(e, e) for e in s.events)) for s in seqs]
+        too_long = [s.id for s in seqs if len(s.events) > self.max_events]
+        if too_long:
+            raise ContentError(
+                f"sequence {too_long[0]!r} has more than {self.max_events} events; "
+                "use a smaller window"
+            )
+        return seqs, report
+
+    # -- parsing -------------------------------------------------------------------------------
+    def _parse(self, numbered: list[tuple[int, str]], fmt: str | None, report: IngestReport):
+        saved = self._saved
+        if saved is not None and (fmt is None or get_preset(fmt).name == saved.preset.name):
+            with self._lock:  # the shared parser remembers unseen templates
+                return saved.parse(numbered, source=_SOURCE, report=report)
+        return TemplateParser(fmt or "generic").parse(numbered, source=_SOURCE, report=report)
+
+    def _alignment(self, templates: dict[str, str]) -> dict[str, str]:
+        """Unseen template keys → the closest known key (empty without bundle templates)."""
+        if not self._templates:
+            return {}
+        unseen = {k: t for k, t in templates.items() if k not in self._templates}
+        if not unseen:
+            return {}
+        from flexlog.alignment import TemplateAligner
+
+        with self._lock:
+            if self._aligner is None:
+                self._aligner = TemplateAligner(self._templates)
+            aligner = self._aligner
+        return aligner.mapping(unseen)

@@ -1,0 +1,270 @@
+"""The service's state: the loaded bundle, its cache, the micro-batcher, the sequence reader,
+the metrics and (optionally) the vLLM server, with the operations the HTTP layer calls."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.concurrency import run_in_threadpool
+
+from flexlog import __version__
+from flexlog.bundle import Bundle, load_bundle
+from flexlog.cache import CacheEntry, CacheError, SequenceCache
+from flexlog.data.records import LogSequence
+from flexlog.detector import Verdict, transient_errors
+from flexlog.ensemble import NoVotersError
+
+from .batcher import BatcherClosed, MicroBatcher
+from .content import SequenceReader
+from .errors import APIError
+from .metrics import Metrics
+from .settings import Settings
+from .vllm import llm_voters, load_launch_config, prepare_server
+
+if TYPE_CHECKING:
+    from flexlog.llm.vllm_server import VLLMServer
+
+logger = logging.getLogger("flexlog.serve")
+
+#: Seconds a readiness probe waits for an LLM server.
+PROBE_TIMEOUT = 2.0
+
+
+class Service:
+    """Everything a request needs, built once per app.
+
+    The detector tolerates transient voter errors (see
+    :func:`flexlog.detector.transient_errors`): a voter whose backend is down abstains, the
+    others answer, and it is asked again after ``settings.retry_after`` seconds.
+    """
+
+    def __init__(self, bundle: Bundle, settings: Settings):
+        self.bundle = bundle
+        self.settings = settings
+        self.detector = bundle.detector
+        self._own_cache = False
+        if self.detector.cache is None and settings.cache != "off":
+            path = settings.cache_path(bundle.path)
+            self.detector.cache = SequenceCache(path, timeout=settings.cache_timeout)
+            self._own_cache = True
+        self.detector.tolerate = transient_errors()
+        self.detector.retry_after = settings.retry_after
+        self._override_llm()
+        self.vllm: VLLMServer | None = None
+        if settings.vllm:
+            config = load_launch_config(settings.vllm)
+            self.vllm = prepare_server(self.detector, config, log_path=settings.vllm_log)
+        self.metrics = Metrics(lambda: self.detector)
+        self.batcher = MicroBatcher(
+            self.detector,
+            max_batch=settings.batch_size,
+            max_wait=settings.batch_wait_ms / 1000.0,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.reader = SequenceReader(
+            bundle.parser_state,
+            bundle.templates,
+            max_events=settings.max_events,
+            max_lines=settings.max_lines,
+        )
+        manifest = json.dumps(bundle.manifest, sort_keys=True).encode()
+        self.fingerprint = f"flexlog-{__version__}-{hashlib.sha256(manifest).hexdigest()[:12]}"
+        self.created = _epoch(bundle.manifest.get("created"))
+        self._vllm_thread: threading.Thread | None = None
+
+    @classmethod
+    def load(cls, bundle_or_path: Bundle | str | Path, settings: Settings) -> Service:
+        """Load the bundle (checked against its manifest) unless given one."""
+        bundle = bundle_or_path
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle_or_path)
+        return cls(bundle, settings)
+
+    def _override_llm(self) -> None:
+        overrides: dict[str, object] = {}
+        if self.settings.llm_base_url:
+            overrides.update(backend="openai", base_url=self.settings.llm_base_url)
+        if self.settings.llm_timeout is not None:
+            overrides["timeout"] = self.settings.llm_timeout
+        if overrides:
+            for _, voter in llm_voters(self.detector):
+                voter.set_params(**overrides)
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the vLLM server in the background, if configured (answers are degraded
+        until it is up)."""
+        if self.vllm is not None and self._vllm_thread is None:
+            self._vllm_thread = threading.Thread(
+                target=self._run_vllm, name="flexlog-vllm-start", daemon=True
+            )
+            self._vllm_thread.start()
+
+    def _run_vllm(self) -> None:
+        server = self.vllm
+        assert server is not None
+        logger.info("starting vLLM on %s (log %s)", server.base_url, server.log_path or "temp")
+        try:
+            server.start(wait=True)
+        except Exception as exc:  # the service keeps answering without the LLM voter
+            logger.error("the vLLM server did not start: %s", exc)
+            return
+        logger.info("vLLM is ready at %s after %.0f s", server.base_url, server.start_seconds)
+
+    def close(self) -> None:
+        """Finish queued work, stop vLLM, close the cache (if this service opened it)."""
+        self.batcher.close()
+        if self.vllm is not None:
+            self.vllm.stop()
+        if self._own_cache and self.detector.cache is not None:
+            self.detector.cache.close()
+
+    # -- models ----------------------------------------------------------------------------
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.settings.model_name, *self.detector.voter_names]
+
+    def resolve_model(self, model: str | None) -> str | None:
+        """None for the ensemble, else the voter's name; 404 for an unknown model."""
+        if model is None or model == self.settings.model_name:
+            return None
+        if model in self.detector.voter_names:
+            return model
+        raise APIError(
+            404,
+            f"The model '{model}' does not exist; available: {', '.join(self.model_ids)}",
+            code="model_not_found",
+            param="model",
+        )
+
+    # -- answering -------------------------------------------------------------------------
+    async def answer(self, sequences: list[LogSequence], voter: str | None) -> list[Verdict]:
+        """Verdicts in order: the ensemble (cache first, then the voters) or one voter."""
+        try:
+            if voter is not None:
+                verdicts = await self._vote(sequences, voter)
+            else:
+                found = await run_in_threadpool(self.detector.lookup, sequences)
+                missing = [i for i, v in enumerate(found) if v is None]
+                if missing:
+                    voted = await self._vote([sequences[i] for i in missing], None)
+                    for i, verdict in zip(missing, voted, strict=True):
+                        found[i] = verdict
+                verdicts = found  # type: ignore[assignment]
+        except NoVotersError as exc:
+            self.metrics.errors.labels("service_unavailable", "voters_unavailable").inc()
+            names = ", ".join(exc.abstained) or "all"
+            raise APIError(
+                503,
+                f"No voter can answer right now (unavailable: {names}); try again later",
+                code="voters_unavailable",
+            ) from exc
+        self.metrics.observe_answers(voter or self.settings.model_name, verdicts)
+        return verdicts
+
+    async def _vote(self, sequences: list[LogSequence], voter: str | None) -> list[Verdict]:
+        try:
+            future = self.batcher.submit(sequences, voter)
+        except BatcherClosed as exc:
+            raise APIError(503, "The service is shutting down", code="shutting_down") from exc
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), timeout=self.settings.request_timeout
+            )
+        except asyncio.TimeoutError as exc:
+            self.metrics.errors.labels("service_unavailable", "timeout").inc()
+            raise APIError(
+                503,
+                f"No answer within {self.settings.request_timeout:g} s; try again later",
+                code="timeout",
+            ) from exc
+
+    # -- readiness -------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether the bundle is loaded and every LLM backend answers, with each check."""
+        checks = {"bundle": f"ok ({len(self.detector.voter_names)} voters)"}
+        ready = True
+        for name, voter in llm_voters(self.detector):
+            params = voter.get_params()
+            if params["backend"] != "openai":
+                checks[f"voter:{name}"] = f"ok (in-process {params['backend']} backend)"
+                continue
+            problem = _probe(str(params["base_url"]), params.get("api_key"))
+            checks[f"voter:{name}"] = "ok" if problem is None else problem
+            ready = ready and problem is None
+        return ready, checks
+
+    # -- cache -----------------------------------------------------------------------------
+    def _cache(self) -> SequenceCache:
+        cache = self.detector.cache
+        if cache is None:
+            raise APIError(400, "This service runs without a sequence cache", code="cache_disabled")
+        return cache
+
+    def cache_get(self, key: str) -> CacheEntry:
+        entry = self._cache().get(key)
+        if entry is None:
+            raise APIError(404, f"No cache entry with key {key}", code="cache_entry_not_found")
+        return entry
+
+    def cache_update(self, key: str, label: int, events: list[str] | None) -> CacheEntry:
+        cache = self._cache()
+        try:
+            return cache.update(tuple(events) if events else key, label)
+        except KeyError as exc:
+            raise APIError(
+                404,
+                f"No cache entry with key {key}; send its 'events' to add one",
+                code="cache_entry_not_found",
+            ) from exc
+        except CacheError as exc:
+            raise APIError(
+                503, "The cache database is busy or read-only; try again", code="cache_unavailable"
+            ) from exc
+
+    def cache_delete(self, key: str) -> None:
+        try:
+            deleted = self._cache().delete(key)
+        except CacheError as exc:
+            raise APIError(
+                503, "The cache database is busy or read-only; try again", code="cache_unavailable"
+            ) from exc
+        if not deleted:
+            raise APIError(404, f"No cache entry with key {key}", code="cache_entry_not_found")
+
+    def cache_stats(self) -> dict:
+        return self._cache().stats()
+
+
+def _probe(base_url: str, api_key: str | None) -> str | None:
+    """None if ``GET {base_url}/models`` answers 200, else what went wrong."""
+    request = urllib.request.Request(f"{base_url.rstrip('/')}/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT) as response:
+            return None if response.status == 200 else f"unavailable (HTTP {response.status})"
+    except urllib.error.HTTPError as exc:
+        return f"unavailable (HTTP {exc.code})"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"unreachable ({type(reason).__name__})"
+
+
+def _epoch(created: object) -> int:
+    """A manifest's ISO ``created`` time as seconds since the epoch (0 if absent)."""
+    if isinstance(created, str):
+        try:
+            return int(datetime.fromisoformat(created).timestamp())
+        except ValueError:
+            return 0
+    return 0
