@@ -18,17 +18,9 @@ def add_llm_voter(bundle: str | Path, adapter: str | Path, recipe: Recipe) -> li
     from flexlog.bundle import load_bundle, save_bundle
     from flexlog.detector import Detector
     from flexlog.ensemble import VotingEnsemble
-    from flexlog.voters.llm import LLMVoter
 
     loaded = load_bundle(bundle)
-    voter = LLMVoter(
-        model=recipe.base_model,
-        adapter=str(adapter),
-        domain=recipe.domain,
-        prompt=recipe.prompt,
-        retrieval=recipe.retrieval,
-        random_state=recipe.seed,
-    ).fit([], templates=loaded.templates)
+    voter = recipe.llm_voter(adapter).fit([], templates=loaded.templates)
     members = [(n, v) for n, v in loaded.detector.ensemble.voters if n != "llm"]
     members.append(("llm", voter))
     manifest = loaded.manifest

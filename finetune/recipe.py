@@ -106,6 +106,21 @@ class Recipe:
                 f"got {self.domain!r}"
             )
 
+    def llm_voter(self, adapter: str | Path, **params: Any):
+        """The LLM voter that uses an adapter fine-tuned with this recipe (same base model,
+        prompt, domain and retrieval); ``params`` override its other settings."""
+        from flexlog.voters.llm import LLMVoter
+
+        return LLMVoter(
+            model=self.base_model,
+            adapter=str(adapter),
+            domain=self.domain,
+            prompt=self.prompt,
+            retrieval=self.retrieval,
+            random_state=self.seed,
+            **params,
+        )
+
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed, validated like a file."""
         data = {**self.to_dict(), **changes}

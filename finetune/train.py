@@ -128,17 +128,7 @@ def knowledge_source(recipe: Recipe):
 def calibrate(adapter: Path, recipe: Recipe, validation: list) -> dict:
     """Score the held-out sequences with the fine-tuned voter and tune its threshold; the
     result is written into the adapter's information file."""
-    from flexlog.voters.llm import LLMVoter
-
-    voter = LLMVoter(
-        model=recipe.base_model,
-        adapter=str(adapter),
-        domain=recipe.domain,
-        prompt=recipe.prompt,
-        retrieval=recipe.retrieval,
-        threshold=0.0,
-        random_state=recipe.seed,
-    )
+    voter = recipe.llm_voter(adapter, threshold=0.0)
     log.info("calibrating the decision threshold on %d held-out sequences", len(validation))
     t0 = time.time()
     result = voter.calibrate([s.events for s in validation], [s.label for s in validation])
