@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser(
         "serve-bench", help="load-test a running service: req/s and p50/p99 latency"
     )
-    b.add_argument("--url", required=True, help="service for the cache and ML paths")
+    b.add_argument("--url", help="service for the cache and ML paths")
     b.add_argument("--ensemble-url", help="service whose bundle has the LLM voter")
     b.add_argument("--sequences", required=True, help="canonical JSONL to draw requests from")
     b.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
@@ -154,7 +154,11 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError as exc:
         raise ValueError(f"--concurrency {args.concurrency!r}: expected integers") from exc
-    targets = {"cache": args.url.rstrip("/"), "ml": args.url.rstrip("/")}
+    if not args.url and not args.ensemble_url:
+        raise ValueError("serve-bench needs --url, --ensemble-url or both")
+    targets = {}
+    if args.url:
+        targets.update(cache=args.url.rstrip("/"), ml=args.url.rstrip("/"))
     if args.ensemble_url:
         targets["ensemble"] = args.ensemble_url.rstrip("/")
     results = run_bench(

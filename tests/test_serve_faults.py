@@ -6,7 +6,8 @@
   HTTP) whose LLM server port has nothing listening. The service answers with the three ML
   voters, marks the answers degraded and does not cache them; then a real vLLM server
   (SmolLM2-135M on this CPU) is started on that port and the answers recover by themselves;
-  then it is killed while requests are in flight, and none of them is lost.
+  then, twice, it is killed while requests are in flight (none of them is lost, later
+  answers are degraded) and restarted (the answers recover again).
 """
 
 from __future__ import annotations
@@ -156,8 +157,32 @@ def _until(predicate, timeout: float, step: float = 1.0):
         time.sleep(step)
 
 
+def _kill_mid_run(url: str, server, batch: list[LogSequence]) -> None:
+    """Kill ``server`` while ``batch`` is being asked by one client each; all are answered."""
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def ask(s: LogSequence) -> None:
+        with httpx.Client(base_url=url, timeout=300) as own:
+            response = _chat(own, s)
+        with lock:
+            results.append(response)
+
+    threads = [threading.Thread(target=ask, args=(s,)) for s in batch]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with lock:
+        in_flight = len(threads) - len(results)
+    server.stop(grace=2.0)  # SIGTERM, then SIGKILL after 2 s
+    for t in threads:
+        t.join(300)
+    assert in_flight > 0, "every request finished before the server was killed"
+    assert len(results) == len(batch) and all(r.status_code == 200 for r in results)
+
+
 @pytest.mark.slow
-def test_llm_server_returns_then_dies_mid_run(
+def test_llm_server_returns_dies_and_is_restarted(
     degraded_service, llm_port: int, test_sequences
 ) -> None:
     pytest.importorskip("vllm")
@@ -188,29 +213,17 @@ def test_llm_server_returns_then_dies_mid_run(
         prompt = json.dumps(llm.conversations([parsed.events]))
         assert parsed.events[-1] in prompt and "ignore previous" not in prompt
 
-        # killed while requests are in flight: every request is still answered
-        results: list[httpx.Response] = []
-        lock = threading.Lock()
-
-        def ask(s: LogSequence) -> None:
-            with httpx.Client(base_url=srv.url, timeout=300) as own:
-                response = _chat(own, s)
-            with lock:
-                results.append(response)
-
-        threads = [threading.Thread(target=ask, args=(s,)) for s in test_sequences[20:36]]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        with lock:
-            in_flight = len(threads) - len(results)
-        server.stop(grace=2.0)  # SIGTERM, then SIGKILL after 2 s
-        for t in threads:
-            t.join(300)
-        assert in_flight > 0, "every request finished before the server was killed"
-        assert len(results) == 16 and all(r.status_code == 200 for r in results)
-        after = _chat(http, test_sequences[30]).json()["flexlog"]
-        assert after["degraded"] is True and after["abstained"] == ["llm"]
+        # killed while requests are in flight, then restarted, twice: every request is
+        # answered, degraded while the server is gone and whole again once it is back
+        for round_, batch in enumerate((test_sequences[20:36], test_sequences[36:52])):
+            _kill_mid_run(srv.url, server, batch)
+            after = _chat(http, test_sequences[60 + round_]).json()["flexlog"]
+            assert after["degraded"] is True and after["abstained"] == ["llm"]
+            server.start()
+            probe = test_sequences[62 + round_]
+            back = _until(lambda s=probe: not _chat(http, s).json()["flexlog"]["degraded"], 60)
+            assert back, f"the LLM voter did not come back after restart {round_ + 1}"
+        assert http.get("/readyz").status_code == 200
     finally:
         server.stop()
 
