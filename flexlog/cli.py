@@ -175,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     templates = read_templates(args.templates) if args.templates else None
     detector = make_detector(voters, params, args.seed)
     err.print(f"training {', '.join(voters)} on {len(seqs)} sequences from {train_path}")
-    detector.fit(seqs, progress=True)
+    detector.fit(seqs, templates=templates, progress=True)
     data = {
         "train": {
             "path": str(train_path),
@@ -428,16 +428,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 # -- voters, parse, bench, experiment ---------------------------------------------------------
 def cmd_voters(args: argparse.Namespace) -> int:
-    from flexlog.voters.registry import DEFAULT_VOTERS, available_voters
+    from flexlog.voters.registry import DEFAULT_VOTERS, voter_class, voter_names
 
     table = Table(title="registered voters")
     table.add_column("name")
     table.add_column("class")
     table.add_column("default", justify="center")
-    for name, cls in sorted(available_voters().items()):
-        table.add_row(
-            name, f"{cls.__module__}.{cls.__qualname__}", "yes" if name in DEFAULT_VOTERS else ""
-        )
+    for name in voter_names():
+        try:
+            cls = voter_class(name)
+            where = f"{cls.__module__}.{cls.__qualname__}"
+        except ValueError as exc:
+            where = f"[dim]not importable here: {exc}[/dim]"
+        table.add_row(name, where, "yes" if name in DEFAULT_VOTERS else "")
     out.print(table)
     return 0
 
@@ -520,12 +523,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from flexlog.voters.registry import parse_voter_list
 
     voters = parse_voter_list(args.voters)
+    added = parse_voter_list(args.add) if args.add else []
+    if set(added) & set(voters):
+        raise CliError(f"--add repeats ensemble voters: {sorted(set(added) & set(voters))}")
     seeds = list(range(args.seeds))
     run_experiment(
         args.kind,
         seeds=seeds,
         voters=voters,
-        params=_parse_params(args.param, voters),
+        added=added,
+        variants=args.variants.split(",") if args.variants else None,
+        params=_parse_params(args.param, [*voters, *added]),
         datasets=Path(args.datasets),
         out_dir=Path(args.out),
         test_normal_ratio=None
@@ -684,7 +692,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="ULAD experiment: voters and ensemble over seeds")
     x.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
     x.add_argument("--seeds", type=int, default=5)
-    x.add_argument("--voters", default="knn,dt,slfn")
+    x.add_argument("--voters", default="knn,dt,slfn", help="the ensemble's voters")
+    x.add_argument(
+        "--add",
+        default="",
+        metavar="VOTERS",
+        help="voters scored alone and each as an extra member of the ensemble",
+    )
+    x.add_argument(
+        "--variants", default="", help="comma-separated holdouts or ratios (default all)"
+    )
     x.add_argument("--param", action="append", default=[], metavar="VOTER.NAME=VALUE")
     x.add_argument(
         "--test-normal-ratio", default="1.0", help="adfa-u: normals per attack, or 'all'"

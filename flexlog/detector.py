@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -131,14 +131,23 @@ class Detector:
         with self._lock:
             return {name: reason for name, (_, reason) in self._down.items()}
 
-    def fit(self, sequences: Sequence[LogSequence], *, progress: bool = False) -> Detector:
-        """Fit every voter on labelled sequences."""
+    def fit(
+        self,
+        sequences: Sequence[LogSequence],
+        *,
+        templates: Mapping[str, str] | None = None,
+        progress: bool = False,
+    ) -> Detector:
+        """Fit every voter on labelled sequences (``templates``: for the voters that read
+        template texts)."""
         labels = []
         for seq in sequences:
             if seq.label is None:
                 raise ValueError(f"training sequence {seq.id!r} has no label")
             labels.append(seq.label)
-        self.ensemble.fit([s.events for s in sequences], labels, progress=progress)
+        self.ensemble.fit(
+            [s.events for s in sequences], labels, templates=templates, progress=progress
+        )
         return self
 
     def predict(self, batch: Sequence[LogSequence]) -> list[Verdict]:

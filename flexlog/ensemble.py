@@ -8,6 +8,8 @@ and the majority is taken over the voters that did vote.
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -76,14 +78,25 @@ class VotingEnsemble:
     def names(self) -> list[str]:
         return [n for n, _ in self.voters]
 
-    def fit(self, X, y, *, progress: bool = False) -> VotingEnsemble:
+    def fit(
+        self, X, y, *, templates: Mapping[str, str] | None = None, progress: bool = False
+    ) -> VotingEnsemble:
+        """Fit every voter on the same data; ``templates`` (event key → template text) go to
+        the voters whose ``fit`` takes them. Each voter's wall time is kept in
+        ``fit_seconds_``."""
         seqs = as_event_lists(X)
         y = check_labels(y, len(seqs))
+        self.fit_seconds_: dict[str, float] = {}
         for name, voter in tqdm(self.voters, desc="training voters", disable=not progress):
+            extra = {}
+            if templates is not None and "templates" in inspect.signature(voter.fit).parameters:
+                extra["templates"] = dict(templates)
+            start = time.perf_counter()
             try:
-                voter.fit(seqs, y)
+                voter.fit(seqs, y, **extra)
             except ValueError as exc:
                 raise ValueError(f"voter {name!r}: {exc}") from exc
+            self.fit_seconds_[name] = time.perf_counter() - start
         return self
 
     def votes(self, X) -> dict[str, np.ndarray]:

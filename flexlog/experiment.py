@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from flexlog.alignment import TemplateAligner, align_sequences
 from flexlog.data.ulad import SYNHDFS_RATIOS, UladDataset
 from flexlog.detector import make_detector
-from flexlog.ensemble import majority_vote
+from flexlog.ensemble import VotingEnsemble, majority_vote
 from flexlog.evaluate import mann_whitney, scores
+from flexlog.voters.base import FeatureMemo
 
 ALIGNED = "ensemble+align"
 
@@ -60,20 +61,41 @@ def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
 
 
 def run_one(
-    ds: UladDataset, voters: Sequence[str], params: dict, seed: int, *, align: bool = False
+    ds: UladDataset,
+    voters: Sequence[str],
+    params: dict,
+    seed: int,
+    *,
+    align: bool = False,
+    added: Sequence[str] = (),
 ) -> dict[str, dict]:
-    """Fit on the limited training set, score the test set: scores per voter and ensemble
-    (plus, with ``align``, the ensemble after mapping unseen templates to known ones)."""
-    det = make_detector(voters, params, seed)
-    det.fit(ds.limited_train)
+    """Fit on the limited training set, score the test set: scores per voter (with its fit
+    and predict seconds) and of the ensemble of ``voters``; for each voter in ``added``, also
+    the ensemble with it added (``ensemble+NAME``); with ``align``, the ensemble after mapping
+    unseen templates to known ones."""
+    det = make_detector([*voters, *added], params, seed)
+    det.fit(ds.limited_train, templates=ds.templates)
     test = ds.test
     y = [s.label for s in test]
-    start = time.perf_counter()
-    votes = det.ensemble.votes([s.events for s in test])
-    seconds = time.perf_counter() - start
-    result = {name: scores(y, v) for name, v in votes.items()}
-    result["ensemble"] = scores(y, majority_vote(votes))
-    result["ensemble"]["predict_seconds"] = seconds
+    batch = FeatureMemo([s.events for s in test])
+    votes, seconds = {}, {}
+    for name, voter in det.ensemble.voters:
+        start = time.perf_counter()
+        votes[name] = np.asarray(voter.predict(batch), dtype=np.int64)
+        seconds[name] = time.perf_counter() - start
+    result = {
+        name: {
+            **scores(y, v),
+            "fit_seconds": det.ensemble.fit_seconds_[name],
+            "predict_seconds": seconds[name],
+        }
+        for name, v in votes.items()
+    }
+    base = {name: votes[name] for name in voters}
+    result["ensemble"] = scores(y, majority_vote(base))
+    result["ensemble"]["predict_seconds"] = sum(seconds[name] for name in voters)
+    for name in added:
+        result[f"ensemble+{name}"] = scores(y, majority_vote({**base, name: votes[name]}))
     if align and ds.templates:
         seen = {ev for s in ds.limited_train for ev in s.events}
         known = {k: t for k, t in ds.templates.items() if k in seen}
@@ -81,7 +103,10 @@ def run_one(
         unseen = {k: t for k, t in unseen.items() if k not in seen}
         mapping = TemplateAligner(known).mapping(unseen) if known and unseen else {}
         aligned = align_sequences(test, mapping)
-        result[ALIGNED] = scores(y, det.ensemble.predict([s.events for s in aligned]))
+        aligned_votes = VotingEnsemble([m for m in det.ensemble.voters if m[0] in base]).votes(
+            [s.events for s in aligned]
+        )
+        result[ALIGNED] = scores(y, majority_vote(aligned_votes))
     return result
 
 
@@ -97,32 +122,61 @@ def run_experiment(
     console: Console | None = None,
     progress: bool = True,
     variants: Sequence | None = None,
+    added: Sequence[str] = (),
 ) -> dict:
-    """Run ``kind`` over all its variants (holdouts or ratios) and seeds; write the report."""
+    """Run ``kind`` over all its variants (holdouts or ratios) and seeds; write the report.
+
+    ``voters`` make up the ensemble; each of ``added`` is scored alone and as an extra member
+    of it. Finished runs are kept in ``OUT/progress.json`` after each one, and a rerun with the
+    same configuration resumes from there.
+    """
     console = console or Console()
     names, build = _builders(kind, datasets, test_normal_ratio)
-    names = list(variants) if variants is not None else names
+    if variants is not None:
+        wanted = {str(v) for v in variants}
+        unknown = wanted - {str(n) for n in names}
+        if unknown:
+            raise ValueError(
+                f"unknown {kind} variants {sorted(unknown)}; known: {', '.join(map(str, names))}"
+            )
+        names = [n for n in names if str(n) in wanted]
+    config = {
+        "kind": kind,
+        "voters": list(voters),
+        "added": list(added),
+        "params": params or {},
+        "test_normal_ratio": test_normal_ratio if kind == "adfa-u" else None,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress_path = out_dir / "progress.json"
+    done: dict = {}
+    if progress_path.is_file():
+        saved = json.loads(progress_path.read_text())
+        if saved.get("config") == json.loads(json.dumps(config, default=float)):
+            done = saved["runs"]
     runs: dict[str, dict[int, dict]] = {str(v): {} for v in names}
     info: dict[str, dict] = {}
     jobs = [(v, s) for v in names for s in seeds]
     for variant, seed in tqdm(jobs, desc=f"{kind}", unit="run", disable=not progress):
+        key = f"{variant}/{seed}"
+        if key in done:
+            runs[str(variant)][seed], info[key] = done[key]["result"], done[key]["info"]
+            continue
         ds = build(variant, seed)
         runs[str(variant)][seed] = run_one(
-            ds, voters, params or {}, seed, align=kind == "template-evolution"
+            ds, voters, params or {}, seed, align=kind == "template-evolution", added=added
         )
-        info[f"{variant}/{seed}"] = ds.info
+        info[key] = ds.info
+        done[key] = {"result": runs[str(variant)][seed], "info": ds.info}
+        progress_path.write_text(json.dumps({"config": config, "runs": done}, default=float))
     summary = summarize(runs)
     report = {
-        "kind": kind,
+        **config,
         "seeds": list(seeds),
-        "voters": list(voters),
-        "params": params or {},
-        "test_normal_ratio": test_normal_ratio if kind == "adfa-u" else None,
         "runs": runs,
         "summary": summary,
         "datasets": info,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out_dir / "results.md").write_text(markdown_table(kind, summary, seeds))
     plot(summary, out_dir / "f1.png", title=f"{kind}: F1 over {len(seeds)} seeds")
@@ -133,8 +187,9 @@ def run_experiment(
 
 def _models(runs: dict) -> list[str]:
     first = next(iter(next(iter(runs.values())).values()))
-    order = [m for m in first if m not in ("ensemble", ALIGNED)]
-    return [*order, "ensemble"] + ([ALIGNED] if ALIGNED in first else [])
+    order = [m for m in first if m != ALIGNED and not m.startswith("ensemble")]
+    ensembles = [m for m in first if m.startswith("ensemble+") and m != ALIGNED]
+    return [*order, "ensemble", *ensembles] + ([ALIGNED] if ALIGNED in first else [])
 
 
 def summarize(runs: dict[str, dict[int, dict]]) -> dict:
@@ -164,6 +219,16 @@ def summarize(runs: dict[str, dict[int, dict]]) -> dict:
         m: mann_whitney(out["average"]["ensemble"]["f1"], out["average"][m]["f1"])
         for m in models
         if m != "ensemble"
+    }
+    cells = [r for by_seed in runs.values() for r in by_seed.values()]
+    out["timing"] = {
+        m: {
+            key: float(np.mean([r[m][key] for r in cells]))
+            for key in ("fit_seconds", "predict_seconds", "n")
+            if all(key in r[m] for r in cells)
+        }
+        for m in models
+        if all("fit_seconds" in r[m] for r in cells)
     }
     return out
 
@@ -196,6 +261,21 @@ def markdown_table(kind: str, summary: dict, seeds: Sequence[int]) -> str:
     for variant, mw in rows:
         cells = [f"p={mw[m]['p']:.3f}, A12={mw[m]['a12']:.2f}" for m in models if m != "ensemble"]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if summary.get("timing"):
+        lines += [
+            "",
+            "Mean wall time per run on this machine (fit on the limited training set, predict "
+            "the whole test set):",
+            "",
+            "| voter | fit s | predict s | test sequences | predict ms / sequence |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for m, t in summary["timing"].items():
+            per = 1000 * t["predict_seconds"] / t["n"] if t.get("n") else float("nan")
+            lines.append(
+                f"| {m} | {t['fit_seconds']:.2f} | {t['predict_seconds']:.2f} | "
+                f"{t.get('n', 0):.0f} | {per:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -551,3 +551,26 @@ def test_experiment_synhdfs(datasets_dir: Path, tmp_path: Path) -> None:
     assert f1 > 0.8
     assert report["summary"]["variants"]["0.1"]["ensemble"]["mean"] == pytest.approx(f1)
     assert "| 0.1 |" in (tmp_path / "results.md").read_text()
+
+
+def test_experiment_added_voter_and_resume(datasets_dir: Path, tmp_path: Path) -> None:
+    """A voter given with ``added`` is scored alone and as a fourth member of the ensemble,
+    with its timings; a rerun with the same configuration resumes from progress.json."""
+    kw = dict(seeds=[0], voters=["dt", "slfn"], datasets=datasets_dir, out_dir=tmp_path)
+    report = run_experiment("synhdfs-u", **kw, added=["knn"], variants=["0.1"], progress=False)
+    run = report["runs"]["0.1"][0]
+    assert {"dt", "slfn", "knn", "ensemble", "ensemble+knn"} <= set(run)
+    assert run["knn"]["fit_seconds"] > 0 and run["knn"]["predict_seconds"] > 0
+    assert report["summary"]["models"] == ["dt", "slfn", "knn", "ensemble", "ensemble+knn"]
+    assert set(report["summary"]["timing"]) == {"dt", "slfn", "knn"}
+    assert "ensemble+knn" in report["summary"]["mann_whitney"]
+    assert "predict ms / sequence" in (tmp_path / "results.md").read_text()
+    saved = json.loads((tmp_path / "progress.json").read_text())
+    saved["runs"]["0.1/0"]["result"]["knn"]["f1"] = -1.0  # a marker: resumed, not recomputed
+    (tmp_path / "progress.json").write_text(json.dumps(saved))
+    again = run_experiment("synhdfs-u", **kw, added=["knn"], variants=["0.1"], progress=False)
+    assert again["runs"]["0.1"][0]["knn"]["f1"] == -1.0
+    other = run_experiment("synhdfs-u", **kw, variants=["0.1"], progress=False)  # new config
+    assert "knn" not in other["runs"]["0.1"][0]
+    with pytest.raises(ValueError, match="unknown synhdfs-u variants"):
+        run_experiment("synhdfs-u", **kw, variants=["0.7"], progress=False)

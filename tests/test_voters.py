@@ -207,7 +207,10 @@ def test_registry_lists_builtins() -> None:
 
 
 def test_registry_rejects_unknown_with_list() -> None:
-    with pytest.raises(ValueError, match=r"unknown voter 'svm'; available: dt, knn, llm, slfn"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown voter 'svm'; available: auto-blstm, .*, dt, knn, llm, logls, logms, lstm, slfn",
+    ):
         voter_class("svm")
     with pytest.raises(ValueError, match="unknown voter"):
         make_voter("svm")

@@ -1,9 +1,11 @@
 """Voters by name. Built-ins are registered as entry points of the group ``flexlog.voters``
-(see pyproject.toml); a third-party package adds a voter by declaring one there."""
+(see pyproject.toml); a third-party package adds a voter by declaring one there. The neural
+sequence voters need torch, so they are imported only when asked for by name."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib import import_module
 from importlib.metadata import entry_points
 
 from flexlog.voters.knn import KNNVoter
@@ -14,23 +16,58 @@ from flexlog.voters.tree import DecisionTreeVoter
 ENTRY_POINT_GROUP = "flexlog.voters"
 _BUILTIN = {"knn": KNNVoter, "dt": DecisionTreeVoter, "slfn": SLFNVoter, "llm": LLMVoter}
 DEFAULT_VOTERS = ("knn", "dt", "slfn")
+#: The LSTM/GRU detectors from the literature (torch), as "module:class".
+NEURAL_VOTERS = {
+    "deeplog": "flexlog.voters.deeplog:DeepLogVoter",
+    "logls": "flexlog.voters.logls:LogLSVoter",
+    "logms": "flexlog.voters.logms:LogMSVoter",
+    "auto-lstm": "flexlog.voters.autoencoder:AutoLSTMVoter",
+    "auto-blstm": "flexlog.voters.autoencoder:AutoBLSTMVoter",
+    "auto-gru": "flexlog.voters.autoencoder:AutoGRUVoter",
+    "lstm": "flexlog.voters.lstm:LSTMVoter",
+}
+
+
+def _load(target: str) -> type:
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(import_module(module), attr)
+    except ImportError as exc:
+        raise ValueError(f"{target}: cannot be imported ({exc})") from exc
 
 
 @lru_cache(maxsize=1)
-def available_voters() -> dict[str, type]:
-    """Every registered voter class by name (built-ins even when not installed as a dist)."""
-    found = dict(_BUILTIN)
+def _registered() -> dict[str, type | str]:
+    """Registered voters by name: a class, or "module:class" not imported yet."""
+    found: dict[str, type | str] = {**_BUILTIN, **NEURAL_VOTERS}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found:
-            found[ep.name] = ep.load()
+            found[ep.name] = ep.value
     return found
 
 
+def voter_names() -> list[str]:
+    """Every registered voter's name, without importing any of them."""
+    return sorted(_registered())
+
+
+def available_voters() -> dict[str, type]:
+    """Every registered voter class by name that can be imported here."""
+    out = {}
+    for name in voter_names():
+        try:
+            out[name] = voter_class(name)
+        except ValueError:
+            continue
+    return out
+
+
 def voter_class(name: str) -> type:
-    voters = available_voters()
-    if name not in voters:
-        raise ValueError(f"unknown voter {name!r}; available: {', '.join(sorted(voters))}")
-    return voters[name]
+    registered = _registered()
+    if name not in registered:
+        raise ValueError(f"unknown voter {name!r}; available: {', '.join(sorted(registered))}")
+    target = registered[name]
+    return _load(target) if isinstance(target, str) else target
 
 
 def make_voter(name: str, **params):
