@@ -459,6 +459,10 @@ def test_serve_is_a_flexlog_command(tmp_path: Path, capsys) -> None:
     assert "no such bundle directory" in capsys.readouterr().err
     assert main(["serve", "--bundle", str(tmp_path), "--port", "70000"]) == 2
     assert "port" in capsys.readouterr().err
+    seqs = str(tmp_path / "seqs.jsonl")
+    Path(seqs).write_text('{"id": "a", "events": ["open"]}\n')
+    assert main(["serve-bench", "--sequences", seqs]) == 2
+    assert "needs --url, --ensemble-url or both" in capsys.readouterr().err
 
 
 def test_a_broken_command_plugin_does_not_break_the_cli(monkeypatch, capsys) -> None:
