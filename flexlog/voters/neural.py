@@ -171,7 +171,7 @@ def train(
                 loss = step(idx)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 count += len(idx)
                 bar.update()
             history.append(total / max(count, 1))
@@ -330,3 +330,86 @@ class NeuralVoter(ClassifierMixin, BaseEstimator):
         voter.modules_ = modules
         voter.classes_ = np.array([0, 1])
         return voter
+
+
+def final_state(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The last hidden state of ``rnn``'s top layer for each padded sequence in ``x``
+    (both directions concatenated for a bidirectional one); padding is never read."""
+    packed = nn.utils.rnn.pack_padded_sequence(
+        x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+    )
+    _, h = rnn(packed)
+    h = h[0] if isinstance(h, tuple) else h  # an LSTM returns (h, c)
+    if rnn.bidirectional:
+        return torch.cat([h[-2], h[-1]], dim=1)
+    return h[-1]
+
+
+def dedupe(
+    encoded: Sequence[np.ndarray], y: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Distinct (sequence, label) pairs with how often each occurs, so repeated training
+    sequences cost one forward pass and weigh as many."""
+    seen: dict[tuple[bytes, int], int] = {}
+    for e, label in zip(encoded, y, strict=True):
+        key = (e.tobytes(), int(label))
+        seen[key] = seen.get(key, 0) + 1
+    seqs = [np.frombuffer(k[0], dtype=np.int64) for k in seen]
+    labels = np.array([k[1] for k in seen], dtype=np.int64)
+    weights = np.array(list(seen.values()), dtype=np.float32)
+    return seqs, labels, weights
+
+
+class ThresholdedVoter(NeuralVoter):
+    """A supervised voter that outputs P(anomalous) per sequence: it trains on all but a
+    validation split of the training data, then sets the decision threshold that gives the
+    best F1 on that split (0.5 when the split lacks a class).
+
+    Subclasses implement ``_train(encoded, y, weights)`` (set ``modules_``) and
+    ``_proba(encoded)``; they take ``validation_fraction``.
+    """
+
+    supervised = True
+
+    def _train(self, encoded: list[np.ndarray], y: np.ndarray, weights: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _proba(self, encoded: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fit(self, encoded: list[np.ndarray], y: np.ndarray) -> None:
+        fit_idx, val_idx = split_validation(
+            len(encoded), y, self.validation_fraction, self.random_state
+        )
+        if len(np.unique(y[fit_idx])) < 2:
+            raise ValueError("the training part of the validation split lacks a class")
+        seqs, labels, weights = dedupe([encoded[i] for i in fit_idx], y[fit_idx])
+        self._train(seqs, labels, weights)
+        for module in self.modules_.values():
+            module.eval()
+        threshold = 0.5
+        if len(np.unique(y[val_idx])) == 2:
+            with torch.inference_mode():
+                p = self._proba([encoded[i] for i in val_idx])
+            threshold = min(max(best_threshold(p, y[val_idx]), 0.0), 1.0)
+        self.fitted_["threshold"] = float(threshold)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Columns P(normal), P(anomalous)."""
+        check_is_fitted(self, "modules_")
+        seqs = as_event_lists(X)
+        if not seqs:
+            return np.zeros((0, 2))
+        with torch.inference_mode():
+            p = self._proba([self.vocabulary_.encode(s) for s in seqs])
+        return np.column_stack([1.0 - p, p])
+
+    def _predict(self, encoded: list[np.ndarray]) -> np.ndarray:
+        return (self._proba(encoded) > self.fitted_["threshold"]).astype(np.int64)
+
+
+def check_positive(**values) -> None:
+    """ValueError naming the first hyper-parameter that is not a positive number."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
