@@ -281,6 +281,22 @@ def markdown_table(kind: str, summary: dict, seeds: Sequence[int]) -> str:
 
 def rich_table(kind: str, summary: dict, seeds: Sequence[int]) -> Table:
     models = summary["models"]
+    if len(models) > 6:  # too many columns for a terminal: one row per model instead
+        table = Table(title=f"{kind}: F1 over {len(seeds)} seeds (mean ± std)")
+        table.add_column("model")
+        for variant in summary["variants"]:
+            table.add_column(str(variant), justify="right")
+        table.add_column("average", justify="right")
+        table.add_column("MWU p (ens. vs)", justify="right")
+        mw = summary["mann_whitney"]
+        for m in models:
+            table.add_row(
+                m,
+                *(_cell(row[m]) for row in summary["variants"].values()),
+                _cell(summary["average"][m]),
+                "" if m == "ensemble" else f"{mw[m]['p']:.3f}",
+            )
+        return table
     table = Table(title=f"{kind}: F1 over {len(seeds)} seeds (mean ± std)")
     table.add_column("variant")
     for m in models:
