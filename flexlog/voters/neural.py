@@ -378,11 +378,12 @@ class ThresholdedVoter(NeuralVoter):
         raise NotImplementedError
 
     def _fit(self, encoded: list[np.ndarray], y: np.ndarray) -> None:
-        fit_idx, val_idx = split_validation(
-            len(encoded), y, self.validation_fraction, self.random_state
-        )
-        if len(np.unique(y[fit_idx])) < 2:
-            raise ValueError("the training part of the validation split lacks a class")
+        fit_idx, val_idx = np.arange(len(encoded)), np.zeros(0, dtype=np.int64)
+        if np.bincount(y, minlength=2).min() >= 2:
+            split = split_validation(len(encoded), y, self.validation_fraction, self.random_state)
+            if len(np.unique(y[split[0]])) == 2:
+                fit_idx, val_idx = split
+        # else too few of a class to hold any out: train on everything, threshold 0.5
         seqs, labels, weights = dedupe([encoded[i] for i in fit_idx], y[fit_idx])
         self._train(seqs, labels, weights)
         for module in self.modules_.values():
