@@ -1,0 +1,299 @@
+"""DeepLog (Du et al., CCS 2017): an LSTM that predicts the next log event from the previous
+``h`` and flags a sequence when an event is not among its ``g`` most likely predictions.
+
+This module also holds what the next-event detectors share (LogLS imports it): the
+next-event LSTM, training it on the distinct (history, next event) pairs of a set of
+sequences, and scoring every event of a batch of sequences (probability and rank of the
+event that actually occurred).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from flexlog.voters.neural import (
+    PAD,
+    UNSEEN,
+    NeuralVoter,
+    check_positive,
+    split_validation,
+    train,
+    windows,
+)
+
+#: Width of the event embedding fed to the LSTM (recorded in ``fitted_``).
+EMBEDDING_DIM = 32
+#: DeepLog's default ``g`` (top-k), used when ``top_k="auto"`` has nothing to tune on.
+DEFAULT_TOP_K = 9
+#: Candidate ``k`` for ``top_k="auto"``.
+TOP_K_CANDIDATES = (1, 2, 3, 4, 5, 7, 9, 12, 15, 20)
+#: Windows scored per forward pass at predict time.
+SCORE_BATCH = 4096
+#: ``epochs="auto"``: about this many (window, next) examples per model in all, as a whole
+#: number of epochs between 1 and ``MAX_AUTO_EPOCHS``. Small data sets (HDFS: a few hundred
+#: distinct pairs) then get enough optimiser steps and large ones (ADFA: ~40,000 pairs) stay
+#: within a CPU time budget.
+AUTO_EXAMPLES = 60_000
+MAX_AUTO_EPOCHS = 30
+
+
+class NextEventLSTM(nn.Module):
+    """Embedding → ``num_layers`` stacked LSTM layers → linear layer: logits over the
+    vocabulary for the event that follows a window of ``h`` events."""
+
+    def __init__(self, vocab: int, embedding_dim: int, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embedding_dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.out = nn.Linear(hidden_size, vocab)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """``(batch, h)`` event indices (left-padded with PAD) → ``(batch, vocab)`` logits."""
+        hidden, _ = self.lstm(self.embedding(history))
+        return self.out(hidden[:, -1])
+
+
+def check_int(name: str, value, minimum: int = 1, *, auto: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int ≥ ``minimum`` (or, with
+    ``auto``, the string "auto")."""
+    if auto and value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def all_windows(encoded: Sequence[np.ndarray], h: int, *, reverse: bool = False) -> np.ndarray:
+    """Every window of every sequence as one ``(events, h + 1)`` matrix: the ``h`` context
+    events, then the event itself (in each sequence's reading order)."""
+    return np.concatenate(
+        [np.column_stack(windows(e, h, reverse=reverse)) for e in encoded], axis=0
+    )
+
+
+def train_next_event(
+    net: NextEventLSTM,
+    encoded: Sequence[np.ndarray],
+    h: int,
+    *,
+    reverse: bool = False,
+    epochs: int | str,
+    batch_size: int,
+    lr: float,
+    seed: int | None,
+    device: torch.device,
+    desc: str,
+) -> dict:
+    """Train ``net`` (cross-entropy) on the distinct (history, next) pairs of ``encoded``.
+
+    Deduplicating the pairs makes training time depend on the variety of the data rather
+    than its volume; every successor seen after a history counts once, which is what a
+    top-k (or probability-threshold) test needs: that each observed successor is likely.
+    Returns what was trained on, for ``fitted_``."""
+    rows = np.unique(all_windows(encoded, h, reverse=reverse), axis=0)
+    if epochs == "auto":
+        epochs = int(min(max(-(-AUTO_EXAMPLES // len(rows)), 1), MAX_AUTO_EPOCHS))
+    x = torch.from_numpy(np.ascontiguousarray(rows[:, :h])).to(device)
+    target = torch.from_numpy(np.ascontiguousarray(rows[:, h])).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        i = torch.from_numpy(idx).to(device)
+        return loss_fn(net(x[i]), target[i])
+
+    losses = train(
+        net, step, len(rows), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc=desc
+    )
+    return {"pairs": len(rows), "epochs": int(epochs), "final_loss": float(losses[-1])}
+
+
+@torch.inference_mode()
+def next_event_scores(
+    net: NextEventLSTM,
+    encoded: Sequence[np.ndarray],
+    h: int,
+    *,
+    reverse: bool = False,
+    device: torch.device,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each sequence, per event (in the sequence's own order): the probability the model
+    gives the event that occurred after its window, and its rank among all predictions
+    (0 = the most likely). PAD and UNSEEN are never predicted: an event unseen in training
+    gets probability 0 and rank ``vocab`` (outside any top-k). With ``reverse`` the window
+    is the ``h`` events that follow the event. Identical windows are scored once."""
+    if not encoded:
+        return []
+    net.eval()
+    uniq, inverse = np.unique(all_windows(encoded, h, reverse=reverse), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    prob = np.empty(len(uniq), dtype=np.float64)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    for start in range(0, len(uniq), SCORE_BATCH):
+        chunk = torch.from_numpy(np.ascontiguousarray(uniq[start : start + SCORE_BATCH]))
+        chunk = chunk.to(device)
+        logits = net(chunk[:, :h]).float()
+        vocab = logits.shape[1]
+        logits[:, PAD] = -torch.inf
+        logits[:, UNSEEN] = -torch.inf
+        actual = chunk[:, h : h + 1]
+        p = torch.softmax(logits, dim=1).gather(1, actual).squeeze(1)
+        r = (logits > logits.gather(1, actual)).sum(dim=1)
+        unseen = actual.squeeze(1) == UNSEEN
+        p = torch.where(unseen, torch.zeros_like(p), p)
+        r = torch.where(unseen, torch.full_like(r, vocab), r)
+        prob[start : start + len(chunk)] = p.cpu().numpy()
+        rank[start : start + len(chunk)] = r.cpu().numpy()
+    out = []
+    start = 0
+    for e in encoded:
+        idx = inverse[start : start + len(e)]
+        start += len(e)
+        p, r = prob[idx], rank[idx]
+        out.append((p[::-1].copy(), r[::-1].copy()) if reverse else (p, r))
+    return out
+
+
+def f1(pred: np.ndarray, y: np.ndarray) -> float:
+    """F1 of the anomalous class."""
+    tp = int((pred & (y == 1)).sum())
+    return 2 * tp / (int(pred.sum()) + int((y == 1).sum())) if tp else 0.0
+
+
+def validation_split(
+    n: int, y: np.ndarray, fraction: float, seed: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices to train on and to tune on. The split is taken only when the training data has
+    anomalous sequences and both parts end up useful (normal sequences to train on, anomalous
+    ones to tune on); otherwise everything trains and nothing is tuned."""
+    everything, nothing = np.arange(n), np.zeros(0, dtype=np.int64)
+    if not (y == 1).any():
+        return everything, nothing
+    fit_idx, val_idx = split_validation(n, y, fraction, seed)
+    if (y[fit_idx] == 0).any() and (y[val_idx] == 1).any():
+        return fit_idx, val_idx
+    return everything, nothing
+
+
+class DeepLogVoter(NeuralVoter):
+    """DeepLog's execution-path model (Du et al., CCS 2017).
+
+    Architecture as in the paper: a window of the last ``window`` (``h`` = 10) events feeds
+    ``num_layers`` (2) stacked LSTM layers of ``hidden_size`` (64) units and a softmax over
+    the event vocabulary; it is trained on normal sequences only. An event is anomalous when
+    it is not among the ``top_k`` (``g`` = 9) most likely next events for its window, and a
+    sequence is anomalous when any of its events is. The first events of a sequence use
+    windows left-padded with PAD. An event never seen in training is never predicted, so it
+    is always anomalous.
+
+    ``epochs="auto"`` trains for about ``AUTO_EXAMPLES`` examples (1 to 30 epochs of the
+    distinct pairs), which keeps training to seconds on a CPU for both small and large data.
+
+    Substitutions: events enter through a learned embedding (the paper uses one-hot input);
+    training uses each distinct (window, next event) pair once; the parameter-value models
+    and online model update of the paper are not implemented (flexlog votes on event keys).
+    With ``top_k="auto"`` and anomalous sequences in the training data, the model is trained
+    on the normal sequences of all but ``validation_fraction`` of the training data and ``k``
+    is the candidate with the best F1 on the held-out part (ties: the larger ``k``, fewer
+    alarms); otherwise ``k`` is ``top_k`` (9 for "auto") and all normal sequences train.
+    """
+
+    name: ClassVar[str] = "deeplog"
+    supervised: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        window: int = 10,
+        top_k: int | str = "auto",
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        epochs: int | str = "auto",
+        batch_size: int = 256,
+        lr: float = 5e-3,
+        validation_fraction: float = 0.2,
+        device: str = "auto",
+        random_state: int | None = 0,
+    ):
+        self.window = window
+        self.top_k = top_k
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        for name in ("window", "hidden_size", "num_layers", "batch_size"):
+            check_int(name, getattr(self, name))
+        check_int("epochs", self.epochs, auto=True)
+        check_positive(lr=self.lr)
+        if self.top_k != "auto":
+            check_int("top_k", self.top_k)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+            )
+        resolve = self.device_  # raises on a bad ``device``
+        del resolve
+
+    def _build_modules(self) -> dict[str, nn.Module]:
+        net = NextEventLSTM(
+            len(self.vocabulary_),
+            int(self.fitted_.get("embedding_dim", EMBEDDING_DIM)),
+            int(self.hidden_size),
+            int(self.num_layers),
+        )
+        return {"net": net.to(self.device_)}
+
+    def _fit(self, encoded: list[np.ndarray], y: np.ndarray) -> None:
+        self._check_params()
+        self.fitted_["embedding_dim"] = EMBEDDING_DIM
+        if self.top_k == "auto":
+            train_idx, val_idx = validation_split(
+                len(encoded), y, self.validation_fraction, self.random_state
+            )
+        else:
+            train_idx, val_idx = np.arange(len(encoded)), np.zeros(0, dtype=np.int64)
+        normal = [encoded[i] for i in train_idx if y[i] == 0]
+        self.modules_ = self._build_modules()
+        self.fitted_.update(
+            train_next_event(
+                self.modules_["net"],
+                normal,
+                self.window,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                seed=self.random_state,
+                device=self.device_,
+                desc="deeplog",
+            )
+        )
+        k = DEFAULT_TOP_K if self.top_k == "auto" else int(self.top_k)
+        if len(val_idx):
+            k = self._tune_k([encoded[i] for i in val_idx], y[val_idx])
+        self.fitted_["top_k"] = int(k)
+        self.fitted_["tuned"] = bool(len(val_idx))
+
+    def _max_ranks(self, encoded: list[np.ndarray]) -> np.ndarray:
+        """The worst (largest) rank of any event of each sequence."""
+        scores = next_event_scores(self.modules_["net"], encoded, self.window, device=self.device_)
+        return np.array([int(r.max()) for _, r in scores], dtype=np.int64)
+
+    def _tune_k(self, encoded: list[np.ndarray], y: np.ndarray) -> int:
+        worst = self._max_ranks(encoded)
+        best_k, best_f1 = DEFAULT_TOP_K, -1.0
+        for k in TOP_K_CANDIDATES:
+            score = f1(worst >= k, y)
+            if score >= best_f1:
+                best_k, best_f1 = k, score
+        return best_k
+
+    def _predict(self, encoded: list[np.ndarray]) -> np.ndarray:
+        return (self._max_ranks(encoded) >= self.fitted_["top_k"]).astype(np.int64)
