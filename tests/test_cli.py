@@ -187,7 +187,9 @@ def test_train_unknown_voter(capsys, tmp_path: Path) -> None:
     rc, _, err = _run(
         capsys, "train", "--train", tmp_path / "x", "--voters", "knn,svm", "--out", tmp_path / "B"
     )
-    _one_line_error(rc, err, "unknown voter 'svm'", "dt, knn, llm, slfn")
+    _one_line_error(
+        rc, err, "unknown voter 'svm'", "deeplog, dt, knn, llm, logls, logms, lstm, slfn"
+    )
 
 
 # ------------------------------------------------------------------ score and the cache
