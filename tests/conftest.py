@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flexlog.data.adfa import AdfaCorpus, load_adfa
@@ -82,3 +83,26 @@ def adfa_demo(tmp_path_factory) -> Path:
     train = ["train", "--train", str(data / "limited_train.jsonl"), "--voters", "knn,dt,slfn"]
     assert main([*train, "--out", str(out / "bundle")]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The neural voters' networks are small: a second intra-op thread gains little, and on a
+    CPU shared with other work its synchronisation makes training several times slower."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def hdfs_xy(hdfs_small):
+    """``hdfs_small`` as (train events, train labels, test events, test labels)."""
+    train, test = hdfs_small
+    return (
+        [s.events for s in train],
+        np.array([s.label for s in train]),
+        [s.events for s in test],
+        np.array([s.label for s in test]),
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.metrics import f1_score
 
@@ -16,39 +15,20 @@ from flexlog.ensemble import VotingEnsemble
 from flexlog.voters.logms import LogMSVoter, ple_probabilities, semantic_vectors
 from flexlog.voters.registry import make_voter
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small recurrent nets are much faster on one thread, and many times slower with two
-    on a CPU shared with other jobs; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def xy(hdfs_small):
-    train, test = hdfs_small
-    return (
-        [s.events for s in train],
-        np.array([s.label for s in train]),
-        [s.events for s in test],
-        np.array([s.label for s in test]),
-    )
-
-
-@pytest.fixture(scope="module")
-def fitted(xy, hdfs_templates) -> LogMSVoter:
+def fitted(hdfs_xy, hdfs_templates) -> LogMSVoter:
     """Fitted inside an ensemble, which hands the templates to the voter."""
-    X, y, _, _ = xy
+    X, y, _, _ = hdfs_xy
     voter = LogMSVoter(device="cpu")
     VotingEnsemble([("logms", voter)]).fit(X, y, templates=hdfs_templates)
     return voter
 
 
-def test_learns_hdfs(fitted, xy) -> None:
-    _, _, X_test, y_test = xy
+def test_learns_hdfs(fitted, hdfs_xy) -> None:
+    _, _, X_test, y_test = hdfs_xy
     pred = fitted.predict(X_test)
     assert pred.shape == (len(X_test),) and pred.dtype == np.int64
     assert set(np.unique(pred)) <= {0, 1}
@@ -59,7 +39,7 @@ def test_learns_hdfs(fitted, xy) -> None:
     assert fitted.predict([]).shape == (0,)
 
 
-def test_templates_reach_the_semantic_vectors(fitted, xy, hdfs_templates) -> None:
+def test_templates_reach_the_semantic_vectors(fitted, hdfs_xy, hdfs_templates) -> None:
     table = fitted.modules_["semantic"].table.numpy()
     assert not table[:2].any(), "padding and unseen events have no semantics"
     keys = sorted(fitted.vocabulary_.index, key=fitted.vocabulary_.index.__getitem__)
@@ -67,24 +47,24 @@ def test_templates_reach_the_semantic_vectors(fitted, xy, hdfs_templates) -> Non
     assert not np.allclose(table[2:], semantic_vectors(keys, None, 16))
 
 
-def test_stage_one_alone_trained_on_normal_sequences(xy) -> None:
+def test_stage_one_alone_trained_on_normal_sequences(hdfs_xy) -> None:
     """Without anomalous labels the validation split cannot tune: top_k is the default,
     and the next-event model alone still finds HDFS anomalies (measured F1 0.74)."""
-    X, y, X_test, y_test = xy
+    X, y, X_test, y_test = hdfs_xy
     voter = LogMSVoter(device="cpu").fit([x for x, label in zip(X, y, strict=True) if label == 0])
     assert voter.fitted_["top_k"] == 9 and voter.fitted_["threshold"] == 0.5
     assert f1_score(y_test, voter.predict(X_test)) >= 0.6
 
 
-def test_deterministic(fitted, xy, hdfs_templates) -> None:
-    X, y, X_test, _ = xy
+def test_deterministic(fitted, hdfs_xy, hdfs_templates) -> None:
+    X, y, X_test, _ = hdfs_xy
     again = LogMSVoter(device="cpu").fit(X, y, templates=hdfs_templates)
     np.testing.assert_array_equal(again.predict(X_test), fitted.predict(X_test))
     assert again.fitted_ == fitted.fitted_
 
 
-def test_bundle_round_trip(fitted, xy, tmp_path) -> None:
-    _, _, X_test, _ = xy
+def test_bundle_round_trip(fitted, hdfs_xy, tmp_path) -> None:
+    _, _, X_test, _ = hdfs_xy
     path = save_bundle(Detector(VotingEnsemble([("logms", fitted)])), tmp_path / "b")
     loaded = load_bundle(path).detector.ensemble.voters[0][1]
     assert isinstance(loaded, LogMSVoter) and loaded.get_params() == fitted.get_params()
@@ -95,8 +75,8 @@ def test_bundle_round_trip(fitted, xy, tmp_path) -> None:
     np.testing.assert_array_equal(loaded.predict(X_test), fitted.predict(X_test))
 
 
-def test_unseen_events(fitted, xy) -> None:
-    _, _, X_test, _ = xy
+def test_unseen_events(fitted, hdfs_xy) -> None:
+    _, _, X_test, _ = hdfs_xy
     normal_like = list(X_test[0])
     seqs = [[*normal_like[:5], "E_NEVER_SEEN", *normal_like[5:]], ["nope", "never", "nope"]]
     # an event never seen in training is never among the top-k predictions
@@ -116,8 +96,8 @@ def test_semantic_vectors_from_keys_alone() -> None:
     assert not semantic_vectors(keys, None, 32)[:, 5:].any()
 
 
-def test_ple_probabilities(fitted, xy) -> None:
-    X, y, _, _ = xy
+def test_ple_probabilities(fitted, hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     reps = fitted._representations([fitted.vocabulary_.encode(s) for s in X])
     prob, stats = ple_probabilities(reps, y, 5)
     assert prob.shape == (len(X),) and stats["n_clusters"] >= 1
@@ -143,8 +123,8 @@ def test_ple_probabilities(fitted, xy) -> None:
         ({"device": "tpu"}, "device"),
     ],
 )
-def test_bad_hyper_parameters(params, name, xy) -> None:
-    X, y, _, _ = xy
+def test_bad_hyper_parameters(params, name, hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     with pytest.raises(ValueError, match=name):
         LogMSVoter(**params).fit(X[:20], y[:20])
 
@@ -157,14 +137,14 @@ def test_bad_hyper_parameters(params, name, xy) -> None:
         ([1] * 20, "normal"),
     ],
 )
-def test_bad_labels(y, message, xy) -> None:
-    X, _, _, _ = xy
+def test_bad_labels(y, message, hdfs_xy) -> None:
+    X, _, _, _ = hdfs_xy
     with pytest.raises(ValueError, match=message):
         LogMSVoter().fit(X[:20], np.array(y))
 
 
-def test_bad_templates(xy) -> None:
-    X, y, _, _ = xy
+def test_bad_templates(hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     with pytest.raises(ValueError, match="templates"):
         LogMSVoter().fit(X[:20], y[:20], templates={"E5": 3})
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import f1_score
@@ -35,30 +34,12 @@ CLASSES = {
 NAMES = list(CLASSES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These networks are small: a second intra-op thread gains little, and on a busy CPU
-    (tests run beside other work) its synchronisation makes training several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def xy(hdfs_small):
-    train, test = hdfs_small
-    return (
-        [s.events for s in train],
-        np.array([s.label for s in train]),
-        [s.events for s in test],
-        np.array([s.label for s in test]),
-    )
-
-
-@pytest.fixture(scope="module")
-def fitted(xy) -> dict[str, object]:
-    X, y, _, _ = xy
+def fitted(hdfs_xy) -> dict[str, object]:
+    X, y, _, _ = hdfs_xy
     return {name: make_voter(name, device="cpu").fit(X, y) for name in NAMES}
 
 
@@ -66,8 +47,8 @@ def fitted(xy) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_learns_hdfs(name: str, fitted, xy) -> None:
-    _, _, X_test, y_test = xy
+def test_learns_hdfs(name: str, fitted, hdfs_xy) -> None:
+    _, _, X_test, y_test = hdfs_xy
     voter = fitted[name]
     pred = voter.predict(X_test)
     assert pred.shape == (len(X_test),) and pred.dtype == np.int64
@@ -84,8 +65,8 @@ def test_learns_hdfs(name: str, fitted, xy) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_predictions(name: str, fitted, xy) -> None:
-    X, y, X_test, _ = xy
+def test_same_seed_same_predictions(name: str, fitted, hdfs_xy) -> None:
+    X, y, X_test, _ = hdfs_xy
     again = make_voter(name, device="cpu").fit(X, y)
     np.testing.assert_array_equal(again.predict(X_test), fitted[name].predict(X_test))
     np.testing.assert_allclose(
@@ -154,8 +135,8 @@ def test_window_ids_truncate_and_dedupe() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_unseen_events(name: str, fitted, xy) -> None:
-    _, _, X_test, _ = xy
+def test_unseen_events(name: str, fitted, hdfs_xy) -> None:
+    _, _, X_test, _ = hdfs_xy
     voter = fitted[name]
     size = len(voter.vocabulary_)
     seqs = [["never-seen"], ["never-seen", *X_test[0]], [*X_test[1], "other-unseen", "x"]]
@@ -169,8 +150,8 @@ def test_unseen_events(name: str, fitted, xy) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bundle_round_trip(name: str, fitted, xy, tmp_path: Path) -> None:
-    _, _, X_test, _ = xy
+def test_bundle_round_trip(name: str, fitted, hdfs_xy, tmp_path: Path) -> None:
+    _, _, X_test, _ = hdfs_xy
     voter = fitted[name]
     save_bundle(Detector(VotingEnsemble([(name, voter)])), tmp_path / "b")
     loaded = load_bundle(tmp_path / "b").detector.ensemble.voters[0][1]
