@@ -28,19 +28,8 @@ VOTERS = [KNNVoter, DecisionTreeVoter, SLFNVoter]
 
 
 @pytest.fixture(scope="module")
-def xy(hdfs_small):
-    train, test = hdfs_small
-    return (
-        [s.events for s in train],
-        np.array([s.label for s in train]),
-        [s.events for s in test],
-        np.array([s.label for s in test]),
-    )
-
-
-@pytest.fixture(scope="module")
-def fitted(xy) -> dict[str, object]:
-    X, y, _, _ = xy
+def fitted(hdfs_xy) -> dict[str, object]:
+    X, y, _, _ = hdfs_xy
     return {cls.name: cls().fit(X, y) for cls in VOTERS}
 
 
@@ -61,8 +50,8 @@ def test_params_and_clone(cls) -> None:
 
 
 @pytest.mark.parametrize("cls", VOTERS, ids=lambda c: c.name)
-def test_fit_predict_shapes(cls, fitted, xy) -> None:
-    _, _, X_test, y_test = xy
+def test_fit_predict_shapes(cls, fitted, hdfs_xy) -> None:
+    _, _, X_test, y_test = hdfs_xy
     voter = fitted[cls.name]
     pred = voter.predict(X_test)
     assert pred.shape == (len(X_test),) and pred.dtype == np.int64
@@ -151,8 +140,8 @@ def test_as_event_lists_accepts_sequences(hdfs_small) -> None:
 # ------------------------------------------------------------------ KNN
 
 
-def test_knn_picks_k_by_cv(xy) -> None:
-    X, y, _, _ = xy
+def test_knn_picks_k_by_cv(hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     knn = KNNVoter(candidates=(1, 3, 5), cv=3).fit(X, y)
     assert knn.n_neighbors_ in (1, 3, 5)
     assert set(knn.cv_scores_) == {1, 3, 5}
@@ -160,8 +149,8 @@ def test_knn_picks_k_by_cv(xy) -> None:
     assert knn.estimator_.n_neighbors == knn.n_neighbors_
 
 
-def test_knn_fixed_k(xy) -> None:
-    X, y, _, _ = xy
+def test_knn_fixed_k(hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     knn = KNNVoter(n_neighbors=2).fit(X, y)
     assert knn.n_neighbors_ == 2 and not hasattr(knn, "cv_scores_")
     with pytest.raises(ValueError, match="n_neighbors"):
@@ -181,8 +170,8 @@ def test_knn_tiny_training_set() -> None:
 
 
 @pytest.mark.parametrize("cls", VOTERS, ids=lambda c: c.name)
-def test_save_load_state_same_predictions(cls, fitted, xy, tmp_path: Path) -> None:
-    _, _, X_test, _ = xy
+def test_save_load_state_same_predictions(cls, fitted, hdfs_xy, tmp_path: Path) -> None:
+    _, _, X_test, _ = hdfs_xy
     voter = fitted[cls.name]
     files = voter.save_state(tmp_path / cls.name)
     assert files == ["vocabulary.json", "estimator.skops"]
@@ -230,8 +219,8 @@ def test_parse_voter_list() -> None:
         parse_voter_list("dt,svm")
 
 
-def test_ensemble_votes_match_each_voter(fitted, xy) -> None:
-    _, _, X_test, _ = xy
+def test_ensemble_votes_match_each_voter(fitted, hdfs_xy) -> None:
+    _, _, X_test, _ = hdfs_xy
     ensemble = VotingEnsemble(list(fitted.items()))
     batch = FeatureMemo(X_test)
     votes = ensemble.votes(batch)
@@ -242,8 +231,8 @@ def test_ensemble_votes_match_each_voter(fitted, xy) -> None:
     assert len(batch.memo) == 1
 
 
-def test_ensemble_names_errors(xy) -> None:
-    X, y, _, _ = xy
+def test_ensemble_names_errors(hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     with pytest.raises(ValueError, match="at least one voter"):
         VotingEnsemble([])
     with pytest.raises(ValueError, match="unique"):

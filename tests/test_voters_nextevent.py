@@ -18,28 +18,20 @@ CLASSES = [DeepLogVoter, LogLSVoter]
 QUICK = {"epochs": 2, "hidden_size": 16, "num_layers": 1, "device": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def data(hdfs_small):
-    train, test = hdfs_small
-    return (
-        [s.events for s in train],
-        np.array([s.label for s in train]),
-        [s.events for s in test],
-        np.array([s.label for s in test]),
-    )
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(data) -> dict[str, object]:
-    X, y, _, _ = data
+def fitted(hdfs_xy) -> dict[str, object]:
+    X, y, _, _ = hdfs_xy
     return {cls.name: cls(device="cpu").fit(X, y) for cls in CLASSES}
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.name)
-def test_learns_hdfs(cls, fitted, data) -> None:
-    _, _, X_test, y_test = data
+def test_learns_hdfs(cls, fitted, hdfs_xy) -> None:
+    _, _, X_test, y_test = hdfs_xy
     voter = fitted[cls.name]
-    assert voter.fitted_["tuned"]  # hdfs_small's training data has anomalies to tune on
+    assert voter.fitted_["tuned"]  # hdfs_small's training hdfs_xy has anomalies to tune on
     pred = voter.predict(X_test)
     assert pred.dtype == np.int64 and pred.shape == (len(X_test),)
     # measured: F1 0.74 for both (every anomaly with an event absent from normal training,
@@ -50,8 +42,8 @@ def test_learns_hdfs(cls, fitted, data) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.name)
-def test_normal_only_training(cls, data) -> None:
-    X, y, _, _ = data
+def test_normal_only_training(cls, hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     normal = [x for x, label in zip(X, y, strict=True) if label == 0][:60]
     voter = cls(**QUICK).fit(normal)
     assert not voter.fitted_["tuned"]
@@ -59,16 +51,16 @@ def test_normal_only_training(cls, data) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.name)
-def test_deterministic(cls, data) -> None:
-    X, y, X_test, _ = data
+def test_deterministic(cls, hdfs_xy) -> None:
+    X, y, X_test, _ = hdfs_xy
     a = cls(random_state=3, **QUICK).fit(X[:80], y[:80]).predict(X_test[:100])
     b = cls(random_state=3, **QUICK).fit(X[:80], y[:80]).predict(X_test[:100])
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.name)
-def test_bundle_round_trip(cls, fitted, data, tmp_path) -> None:
-    _, _, X_test, _ = data
+def test_bundle_round_trip(cls, fitted, hdfs_xy, tmp_path) -> None:
+    _, _, X_test, _ = hdfs_xy
     voter = fitted[cls.name]
     save_bundle(Detector(VotingEnsemble([(cls.name, voter)])), tmp_path / "b")
     loaded = load_bundle(tmp_path / "b").detector.ensemble.voters[0][1]
@@ -77,8 +69,8 @@ def test_bundle_round_trip(cls, fitted, data, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.name)
-def test_unseen_event_is_anomalous(cls, fitted, data) -> None:
-    X, y, _, _ = data
+def test_unseen_event_is_anomalous(cls, fitted, hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     voter = fitted[cls.name]
     normal = next(x for x, label in zip(X, y, strict=True) if label == 0)
     mid = len(normal) // 2
@@ -86,8 +78,8 @@ def test_unseen_event_is_anomalous(cls, fitted, data) -> None:
     assert voter.predict([changed, ["never-seen-event"]]).tolist() == [1, 1]
 
 
-def test_unseen_event_never_predicted(fitted, data) -> None:
-    X, _, _, _ = data
+def test_unseen_event_never_predicted(fitted, hdfs_xy) -> None:
+    X, _, _, _ = hdfs_xy
     voter = fitted["deeplog"]
     encoded = [voter.vocabulary_.encode([*X[0][:3], "never-seen-event"])]
     ((prob, rank),) = next_event_scores(voter.modules_["net"], encoded, 10, device=voter.device_)
@@ -110,8 +102,8 @@ def test_logls_judging_modes() -> None:
     assert modes[10:].tolist() == [FORWARD] * 3
 
 
-def test_fixed_thresholds_are_kept(data) -> None:
-    X, y, _, _ = data
+def test_fixed_thresholds_are_kept(hdfs_xy) -> None:
+    X, y, _, _ = hdfs_xy
     voter = LogLSVoter(g1=0.02, g2=0.05, **QUICK).fit(X[:60], y[:60])
     assert (voter.fitted_["g1"], voter.fitted_["g2"]) == (0.02, 0.05)
     assert not voter.fitted_["tuned"]
