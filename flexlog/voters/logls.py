@@ -12,18 +12,20 @@ from torch import nn
 
 from flexlog.voters.deeplog import (
     EMBEDDING_DIM,
+    TOLERANCE_CANDIDATES,
     NextEventLSTM,
     check_int,
-    f1,
+    check_tolerance,
     next_event_scores,
     train_next_event,
+    tune_rule,
 )
 from flexlog.voters.neural import NeuralVoter, check_positive, split_validation
 
 #: Thresholds used when ``g1``/``g2`` are "auto" and there is nothing to tune them on.
 DEFAULT_G1 = DEFAULT_G2 = 1e-3
 #: Candidate thresholds for "auto" (ascending).
-THRESHOLD_GRID = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)
+THRESHOLD_GRID = (1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7)
 
 #: How an event is judged: by both directions, by the forward model alone, by the backward.
 BOTH, FORWARD, BACKWARD = 0, 1, 2
@@ -47,19 +49,19 @@ def judging_modes(n: int, h: int) -> np.ndarray:
     return mode
 
 
-def event_anomalies(
+def anomalous_share(
     p_fwd: np.ndarray, p_bwd: np.ndarray, mode: np.ndarray, g1: np.ndarray, g2: np.ndarray
 ) -> np.ndarray:
-    """Whether any event is anomalous, for every pair of thresholds: ``(len(g1), len(g2))``.
-    An event judged by both directions is anomalous when its forward probability is below
-    ``g1`` and its backward probability below ``g2``."""
+    """The share of a sequence's events that are anomalous, for every pair of thresholds:
+    ``(len(g1), len(g2))``. An event judged by both directions is anomalous when its forward
+    probability is below ``g1`` and its backward probability below ``g2``."""
     low_f = p_fwd[:, None] < g1[None, :]  # (n, G1)
     low_b = p_bwd[:, None] < g2[None, :]  # (n, G2)
     both = mode == BOTH
-    out = (low_f[both][:, :, None] & low_b[both][:, None, :]).any(axis=0)
-    out |= low_f[mode == FORWARD].any(axis=0)[:, None]
-    out |= low_b[mode == BACKWARD].any(axis=0)[None, :]
-    return out
+    count = (low_f[both][:, :, None] & low_b[both][:, None, :]).sum(axis=0)
+    count += low_f[mode == FORWARD].sum(axis=0)[:, None]
+    count += low_b[mode == BACKWARD].sum(axis=0)[None, :]
+    return count / max(len(mode), 1)
 
 
 class LogLSVoter(NeuralVoter):
@@ -74,16 +76,17 @@ class LogLSVoter(NeuralVoter):
     is implemented as in :func:`judging_modes`: events near the start are judged by the
     backward model alone, events near the end by the forward model alone, and a sequence
     shorter than ``h + 1`` by the forward model alone on its padded history. A sequence is
-    anomalous when any event is; an event unseen in training has probability 0 both ways.
+    anomalous when more than ``tolerance`` of its events are (0: any event, the paper's rule);
+    an event unseen in training has probability 0 both ways.
 
     ``epochs="auto"`` is as for :class:`~flexlog.voters.deeplog.DeepLogVoter` (per model).
 
     Substitutions: events enter through a learned embedding; each model trains on the
-    distinct (window, next event) pairs once. With ``g1``/``g2`` "auto" and anomalous
-    sequences in the training data, the models train on the normal sequences of all but
-    ``validation_fraction`` of the training data and the "auto" thresholds are the grid
-    values with the best F1 on the held-out part (ties: the smaller thresholds, fewer
-    alarms); otherwise "auto" means 1e-3 and all normal sequences train.
+    distinct (window, next event) pairs once. With ``g1``, ``g2`` or ``tolerance`` "auto" and
+    anomalous sequences in the training data, the models train on the normal sequences of
+    all but ``validation_fraction`` of the training data and the "auto" ones are the grid
+    values with the best F1 on the held-out part (ties: fewer alarms); otherwise "auto"
+    means 1e-3 for the thresholds and 0 for the tolerance, and all normal sequences train.
     """
 
     name: ClassVar[str] = "logls"
@@ -94,6 +97,7 @@ class LogLSVoter(NeuralVoter):
         window: int = 10,
         g1: float | str = "auto",
         g2: float | str = "auto",
+        tolerance: float | str = "auto",
         hidden_size: int = 64,
         num_layers: int = 2,
         epochs: int | str = "auto",
@@ -106,6 +110,7 @@ class LogLSVoter(NeuralVoter):
         self.window = window
         self.g1 = g1
         self.g2 = g2
+        self.tolerance = tolerance
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.epochs = epochs
@@ -130,6 +135,7 @@ class LogLSVoter(NeuralVoter):
                 or not (0.0 < value <= 1.0)
             ):
                 raise ValueError(f"{name} must be 'auto' or a probability in (0, 1], got {value!r}")
+        check_tolerance(self.tolerance)
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
@@ -149,7 +155,7 @@ class LogLSVoter(NeuralVoter):
     def _fit(self, encoded: list[np.ndarray], y: np.ndarray) -> None:
         self._check_params()
         self.fitted_["embedding_dim"] = EMBEDDING_DIM
-        auto = "auto" in (self.g1, self.g2)
+        auto = "auto" in (self.g1, self.g2, self.tolerance)
         train_idx, val_idx = np.arange(len(encoded)), np.zeros(0, dtype=np.int64)
         if auto and (y == 1).any():
             fit_idx, held = split_validation(
@@ -175,37 +181,42 @@ class LogLSVoter(NeuralVoter):
             self.fitted_.update({f"{direction}_{k}": v for k, v in info.items()})
         g1 = DEFAULT_G1 if self.g1 == "auto" else float(self.g1)
         g2 = DEFAULT_G2 if self.g2 == "auto" else float(self.g2)
+        tolerance = 0.0 if self.tolerance == "auto" else float(self.tolerance)
         if len(val_idx):
-            g1, g2 = self._tune([encoded[i] for i in val_idx], y[val_idx], g1, g2)
-        self.fitted_.update(g1=float(g1), g2=float(g2), tuned=bool(len(val_idx)))
+            g1, g2, tolerance = self._tune(
+                [encoded[i] for i in val_idx], y[val_idx], g1, g2, tolerance
+            )
+        self.fitted_.update(
+            g1=float(g1), g2=float(g2), tolerance=float(tolerance), tuned=bool(len(val_idx))
+        )
 
-    def _anomalies(self, encoded: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
-        """``(n_sequences, len(g1), len(g2))``: whether each sequence is anomalous."""
+    def _shares(self, encoded: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+        """``(n_sequences, len(g1), len(g2))``: the share of each sequence's events that are
+        anomalous under each pair of thresholds."""
         h, device = self.window, self.device_
         fwd = next_event_scores(self.modules_["forward"], encoded, h, device=device)
         bwd = next_event_scores(self.modules_["backward"], encoded, h, reverse=True, device=device)
         return np.stack(
             [
-                event_anomalies(pf, pb, judging_modes(len(e), h), g1, g2)
+                anomalous_share(pf, pb, judging_modes(len(e), h), g1, g2)
                 for e, (pf, _), (pb, _) in zip(encoded, fwd, bwd, strict=True)
             ]
         )
 
     def _tune(
-        self, encoded: list[np.ndarray], y: np.ndarray, g1: float, g2: float
-    ) -> tuple[float, float]:
-        grid1 = np.array(THRESHOLD_GRID) if self.g1 == "auto" else np.array([g1])
-        grid2 = np.array(THRESHOLD_GRID) if self.g2 == "auto" else np.array([g2])
-        flagged = self._anomalies(encoded, grid1, grid2)
-        best, best_f1 = (g1, g2), -1.0
-        for a, t1 in enumerate(grid1):
-            for b, t2 in enumerate(grid2):
-                score = f1(flagged[:, a, b], y)
-                if score > best_f1:
-                    best, best_f1 = (float(t1), float(t2)), score
-        return best
+        self, encoded: list[np.ndarray], y: np.ndarray, g1: float, g2: float, tolerance: float
+    ) -> tuple[float, float, float]:
+        # descending thresholds: from the most alarms to the fewest, as tune_rule expects
+        grid1 = np.array(THRESHOLD_GRID[::-1]) if self.g1 == "auto" else np.array([g1])
+        grid2 = np.array(THRESHOLD_GRID[::-1]) if self.g2 == "auto" else np.array([g2])
+        tolerances = TOLERANCE_CANDIDATES if self.tolerance == "auto" else (tolerance,)
+        shares = self._shares(encoded, grid1, grid2).reshape(len(encoded), -1)
+        j, tolerance, _ = tune_rule(shares, y, tolerances)
+        a, b = divmod(j, len(grid2))
+        return float(grid1[a]), float(grid2[b]), tolerance
 
     def _predict(self, encoded: list[np.ndarray]) -> np.ndarray:
         g1 = np.array([self.fitted_["g1"]])
         g2 = np.array([self.fitted_["g2"]])
-        return self._anomalies(encoded, g1, g2)[:, 0, 0].astype(np.int64)
+        tolerance = self.fitted_.get("tolerance", 0.0)
+        return (self._shares(encoded, g1, g2)[:, 0, 0] > tolerance).astype(np.int64)
