@@ -527,20 +527,25 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if set(added) & set(voters):
         raise CliError(f"--add repeats ensemble voters: {sorted(set(added) & set(voters))}")
     seeds = list(range(args.seeds))
-    run_experiment(
-        args.kind,
-        seeds=seeds,
-        voters=voters,
-        added=added,
-        variants=args.variants.split(",") if args.variants else None,
-        params=_parse_params(args.param, [*voters, *added]),
-        datasets=Path(args.datasets),
-        out_dir=Path(args.out),
-        test_normal_ratio=None
-        if args.test_normal_ratio == "all"
-        else float(args.test_normal_ratio),
-        console=out,
-    )
+    try:
+        run_experiment(
+            args.kind,
+            seeds=seeds,
+            voters=voters,
+            added=added,
+            variants=args.variants.split(",") if args.variants else None,
+            params=_parse_params(args.param, [*voters, *added]),
+            datasets=Path(args.datasets),
+            out_dir=Path(args.out),
+            test_normal_ratio=None
+            if args.test_normal_ratio == "all"
+            else float(args.test_normal_ratio),
+            console=out,
+            jobs=args.jobs,
+            threads=args.threads,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     return 0
 
 
@@ -708,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--datasets", default=str(DATASETS))
     x.add_argument("--out", default=None, help="report directory (default runs/experiment-KIND)")
+    x.add_argument(
+        "--jobs", type=int, default=1, help="(holdout or ratio, seed) runs in parallel processes"
+    )
+    x.add_argument(
+        "--threads", type=int, default=1, help="torch threads per run (small networks: 1 is best)"
+    )
     x.set_defaults(func=cmd_experiment)
     _add_plugin_commands(sub)
     return ap

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,37 @@ def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
     else:
         raise ValueError(f"unknown experiment {kind!r}")
     return list(SYNHDFS_RATIOS), build
+
+
+@lru_cache(maxsize=4)
+def _cached_builders(kind: str, datasets: Path, test_normal_ratio: float | None):
+    return _builders(kind, datasets, test_normal_ratio)
+
+
+def set_torch_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (when torch is installed). The neural voters' networks
+    are small: on a CPU shared with other work, extra threads mostly wait on each other."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def _run_cell(
+    kind: str,
+    datasets: Path,
+    test_normal_ratio: float | None,
+    variant,
+    seed: int,
+    voters: Sequence[str],
+    params: dict,
+    added: Sequence[str],
+) -> tuple[dict, dict]:
+    """One (variant, seed) run, in this process or a worker: (scores, dataset info)."""
+    ds = _cached_builders(kind, datasets, test_normal_ratio)[1](variant, seed)
+    result = run_one(ds, voters, params, seed, align=kind == "template-evolution", added=added)
+    return result, ds.info
 
 
 def run_one(
@@ -123,15 +156,21 @@ def run_experiment(
     progress: bool = True,
     variants: Sequence | None = None,
     added: Sequence[str] = (),
+    jobs: int = 1,
+    threads: int = 1,
 ) -> dict:
     """Run ``kind`` over all its variants (holdouts or ratios) and seeds; write the report.
 
     ``voters`` make up the ensemble; each of ``added`` is scored alone and as an extra member
     of it. Finished runs are kept in ``OUT/progress.json`` after each one, and a rerun with the
-    same configuration resumes from there.
+    same configuration resumes from there. ``jobs`` runs that many (variant, seed) cells in
+    parallel processes, each with ``threads`` torch threads.
     """
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
     console = console or Console()
-    names, build = _builders(kind, datasets, test_normal_ratio)
+    names, _ = _cached_builders(kind, datasets, test_normal_ratio)
     if variants is not None:
         wanted = {str(v) for v in variants}
         unknown = wanted - {str(n) for n in names}
@@ -156,19 +195,41 @@ def run_experiment(
             done = saved["runs"]
     runs: dict[str, dict[int, dict]] = {str(v): {} for v in names}
     info: dict[str, dict] = {}
-    jobs = [(v, s) for v in names for s in seeds]
-    for variant, seed in tqdm(jobs, desc=f"{kind}", unit="run", disable=not progress):
+    cells = [(v, s) for v in names for s in seeds]
+    for variant, seed in cells:
         key = f"{variant}/{seed}"
         if key in done:
             runs[str(variant)][seed], info[key] = done[key]["result"], done[key]["info"]
-            continue
-        ds = build(variant, seed)
-        runs[str(variant)][seed] = run_one(
-            ds, voters, params or {}, seed, align=kind == "template-evolution", added=added
-        )
-        info[key] = ds.info
-        done[key] = {"result": runs[str(variant)][seed], "info": ds.info}
+    todo = [(v, s) for v, s in cells if f"{v}/{s}" not in done]
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc=kind,
+        unit="run",
+        disable=not progress,
+    )
+
+    def record(variant, seed: int, result: dict, ds_info: dict) -> None:
+        key = f"{variant}/{seed}"
+        runs[str(variant)][seed], info[key] = result, ds_info
+        done[key] = {"result": result, "info": ds_info}
         progress_path.write_text(json.dumps({"config": config, "runs": done}, default=float))
+        bar.update()
+
+    shared = (kind, datasets, test_normal_ratio)
+    rest = (voters, params or {}, added)
+    if jobs == 1 or len(todo) <= 1:
+        set_torch_threads(threads)
+        for variant, seed in todo:
+            record(variant, seed, *_run_cell(*shared, variant, seed, *rest))
+    else:
+        with ProcessPoolExecutor(
+            max_workers=min(jobs, len(todo)), initializer=set_torch_threads, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(_run_cell, *shared, v, s, *rest): (v, s) for v, s in todo}
+            for future in as_completed(futures):
+                record(*futures[future], *future.result())
+    bar.close()
     summary = summarize(runs)
     report = {
         **config,

@@ -576,3 +576,27 @@ def test_experiment_added_voter_and_resume(datasets_dir: Path, tmp_path: Path) -
     assert "knn" not in other["runs"]["0.1"][0]
     with pytest.raises(ValueError, match="unknown synhdfs-u variants"):
         run_experiment("synhdfs-u", **kw, variants=["0.7"], progress=False)
+
+
+def test_experiment_parallel_jobs_match_serial(datasets_dir: Path, tmp_path: Path) -> None:
+    """``jobs`` runs cells in worker processes: the same scores as one process, and every
+    cell is recorded in progress.json."""
+    kw = dict(seeds=[0, 1], voters=["dt", "knn"], datasets=datasets_dir, variants=["0.1"])
+    serial = run_experiment("synhdfs-u", **kw, out_dir=tmp_path / "a", progress=False)
+    parallel = run_experiment("synhdfs-u", **kw, out_dir=tmp_path / "b", progress=False, jobs=2)
+    for seed in (0, 1):
+        for model in ("dt", "knn", "ensemble"):
+            assert (
+                parallel["runs"]["0.1"][seed][model]["f1"]
+                == serial["runs"]["0.1"][seed][model]["f1"]
+            )
+    assert set(json.loads((tmp_path / "b" / "progress.json").read_text())["runs"]) == {
+        "0.1/0",
+        "0.1/1",
+    }
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--threads"])
+def test_experiment_rejects_bad_parallelism(capsys, flag: str, tmp_path: Path) -> None:
+    rc, _, err = _run(capsys, "experiment", "synhdfs-u", flag, "0", "--out", tmp_path)
+    _one_line_error(rc, err, f"{flag.lstrip('-')} must be an integer ≥ 1")
