@@ -14,7 +14,7 @@ DATA   ?= $(DEMO)/data/limited_train.jsonl
 FINETUNE_OUT ?= runs/finetune-$(RECIPE)
 BUNDLE ?= $(FINETUNE_OUT)/bundle
 
-.PHONY: install install-llm demo test lint format bench experiments finetune serve clean
+.PHONY: install install-llm demo test lint format bench experiments experiments-seq finetune serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ experiments: $(STAMP)
 	$(FLEXLOG) experiment adfa-u --out runs/adfa-u
 	$(FLEXLOG) experiment synhdfs-u --out runs/synhdfs-u
 	$(FLEXLOG) experiment template-evolution --out runs/template-evolution
+
+## The LSTM/GRU voters alone and added to the ensemble (5 seeds, two runs at a time; resumable).
+SEQ_VOTERS := deeplog,logls,logms,auto-lstm,auto-blstm,auto-gru,lstm
+experiments-seq: $(LLM_STAMP)
+	$(FLEXLOG) experiment synhdfs-u --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-synhdfs-u
+	$(FLEXLOG) experiment adfa-u --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-adfa-u
 
 $(DEMO)/data/limited_train.jsonl: $(STAMP)
 	$(FLEXLOG) dataset build adfa-u --holdout $(HOLDOUT) --source examples/adfa-ld-sample --out $(DEMO)/data
