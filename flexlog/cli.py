@@ -428,20 +428,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 # -- voters, parse, bench, experiment ---------------------------------------------------------
 def cmd_voters(args: argparse.Namespace) -> int:
-    from flexlog.voters.registry import DEFAULT_VOTERS, voter_class, voter_names
+    from flexlog.voters.registry import VOTER_PRESETS, voter_class, voter_names
 
     table = Table(title="registered voters")
     table.add_column("name")
     table.add_column("class")
-    table.add_column("default", justify="center")
+    for preset in VOTER_PRESETS:
+        table.add_column(f"in '{preset}'", justify="center")
     for name in voter_names():
         try:
             cls = voter_class(name)
             where = f"{cls.__module__}.{cls.__qualname__}"
         except ValueError as exc:
             where = f"[dim]not importable here: {exc}[/dim]"
-        table.add_row(name, where, "yes" if name in DEFAULT_VOTERS else "")
+        marks = ["yes" if name in members else "" for members in VOTER_PRESETS.values()]
+        table.add_row(name, where, *marks)
     out.print(table)
+    presets = "; ".join(f"{k} = {','.join(v)}" for k, v in VOTER_PRESETS.items())
+    out.print(f"presets for --voters: {presets} ('ml' is the default)")
     return 0
 
 
@@ -613,7 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a detector and write a bundle")
     t.add_argument("--train", required=True, help="labelled canonical JSONL")
     t.add_argument("--templates", help="EventId,EventTemplate CSV of the events")
-    t.add_argument("--voters", default="knn,dt,slfn", help="comma-separated voter names")
+    t.add_argument(
+        "--voters",
+        default="knn,dt,slfn",
+        help="comma-separated voter names or presets (ml, cpu: see `flexlog voters`)",
+    )
     t.add_argument(
         "--param",
         action="append",
@@ -697,7 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="ULAD experiment: voters and ensemble over seeds")
     x.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
     x.add_argument("--seeds", type=int, default=5)
-    x.add_argument("--voters", default="knn,dt,slfn", help="the ensemble's voters")
+    x.add_argument(
+        "--voters", default="knn,dt,slfn", help="the ensemble's voters (names or presets)"
+    )
     x.add_argument(
         "--add",
         default="",

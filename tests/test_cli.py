@@ -378,6 +378,7 @@ def test_voters_lists_builtins(capsys) -> None:
     assert rc == 0
     for name, cls in (("knn", "KNNVoter"), ("dt", "DecisionTreeVoter"), ("slfn", "SLFNVoter")):
         assert name in out and cls in out
+    assert "presets for --voters: ml = knn,dt,slfn; cpu = knn,dt,slfn," in out
 
 
 def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

@@ -14,6 +14,7 @@ from flexlog.ensemble import VotingEnsemble
 from flexlog.features import TemplateCounter, as_event_lists
 from flexlog.voters import (
     DEFAULT_VOTERS,
+    RECOMMENDED_CPU_VOTERS,
     DecisionTreeVoter,
     FeatureMemo,
     KNNVoter,
@@ -217,6 +218,14 @@ def test_parse_voter_list() -> None:
         parse_voter_list("dt,dt")
     with pytest.raises(ValueError, match="unknown voter 'svm'"):
         parse_voter_list("dt,svm")
+
+
+def test_voter_presets() -> None:
+    assert parse_voter_list("ml") == list(DEFAULT_VOTERS)
+    assert parse_voter_list("cpu,llm") == [*RECOMMENDED_CPU_VOTERS, "llm"]
+    assert set(DEFAULT_VOTERS) < set(RECOMMENDED_CPU_VOTERS)
+    with pytest.raises(ValueError, match="twice"):
+        parse_voter_list("ml,knn")
 
 
 def test_ensemble_votes_match_each_voter(fitted, hdfs_xy) -> None:

@@ -4,6 +4,8 @@ from flexlog.voters.base import BundleFormatError, CountVoter, FeatureMemo
 from flexlog.voters.knn import KNNVoter
 from flexlog.voters.registry import (
     DEFAULT_VOTERS,
+    RECOMMENDED_CPU_VOTERS,
+    VOTER_PRESETS,
     available_voters,
     make_voter,
     parse_voter_list,
@@ -14,6 +16,8 @@ from flexlog.voters.tree import DecisionTreeVoter
 
 __all__ = [
     "DEFAULT_VOTERS",
+    "RECOMMENDED_CPU_VOTERS",
+    "VOTER_PRESETS",
     "BundleFormatError",
     "CountVoter",
     "DecisionTreeVoter",

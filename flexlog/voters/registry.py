@@ -16,6 +16,12 @@ from flexlog.voters.tree import DecisionTreeVoter
 ENTRY_POINT_GROUP = "flexlog.voters"
 _BUILTIN = {"knn": KNNVoter, "dt": DecisionTreeVoter, "slfn": SLFNVoter, "llm": LLMVoter}
 DEFAULT_VOTERS = ("knn", "dt", "slfn")
+#: The ensemble recommended for CPU-only deployments, chosen by the ADFA-U and SynHDFS-U
+#: figures in the README ("Sequence voters"): the only one measured at least as good as the
+#: ML voters on both, five voters so that no vote ties.
+RECOMMENDED_CPU_VOTERS = ("knn", "dt", "slfn", "auto-blstm", "logms")
+#: Names that stand for a list of voters wherever voters are listed (``--voters cpu,llm``).
+VOTER_PRESETS = {"ml": DEFAULT_VOTERS, "cpu": RECOMMENDED_CPU_VOTERS}
 #: The LSTM/GRU detectors from the literature (torch), as "module:class".
 NEURAL_VOTERS = {
     "deeplog": "flexlog.voters.deeplog:DeepLogVoter",
@@ -80,9 +86,10 @@ def make_voter(name: str, **params):
 
 
 def parse_voter_list(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``"knn,dt,slfn"`` → ``["knn", "dt", "slfn"]``, checked against the registry."""
-    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [n for n in names if n]
+    """``"knn,dt,slfn"`` → ``["knn", "dt", "slfn"]``, checked against the registry; a preset
+    name (``ml``, ``cpu``) stands for its voters."""
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for item in items if item for n in VOTER_PRESETS.get(item, (item,))]
     if not names:
         raise ValueError("at least one voter is needed")
     if len(set(names)) != len(names):
