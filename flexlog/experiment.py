@@ -67,14 +67,17 @@ def _cached_builders(kind: str, datasets: Path, test_normal_ratio: float | None)
     return _builders(kind, datasets, test_normal_ratio)
 
 
-def set_torch_threads(threads: int) -> None:
-    """Pin torch's intra-op threads (when torch is installed). The neural voters' networks
-    are small: on a CPU shared with other work, extra threads mostly wait on each other."""
+def set_torch_threads(threads: int) -> int | None:
+    """Pin torch's intra-op threads (when torch is installed) and return the previous count.
+    The neural voters' networks are small: on a CPU shared with other work, extra threads
+    mostly wait on each other."""
     try:
         import torch
     except ImportError:
-        return
+        return None
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    return before
 
 
 def _run_cell(
@@ -193,13 +196,7 @@ def run_experiment(
         saved = json.loads(progress_path.read_text())
         if saved.get("config") == json.loads(json.dumps(config, default=float)):
             done = saved["runs"]
-    runs: dict[str, dict[int, dict]] = {str(v): {} for v in names}
-    info: dict[str, dict] = {}
     cells = [(v, s) for v in names for s in seeds]
-    for variant, seed in cells:
-        key = f"{variant}/{seed}"
-        if key in done:
-            runs[str(variant)][seed], info[key] = done[key]["result"], done[key]["info"]
     todo = [(v, s) for v, s in cells if f"{v}/{s}" not in done]
     bar = tqdm(
         total=len(cells),
@@ -210,18 +207,20 @@ def run_experiment(
     )
 
     def record(variant, seed: int, result: dict, ds_info: dict) -> None:
-        key = f"{variant}/{seed}"
-        runs[str(variant)][seed], info[key] = result, ds_info
-        done[key] = {"result": result, "info": ds_info}
+        done[f"{variant}/{seed}"] = {"result": result, "info": ds_info}
         progress_path.write_text(json.dumps({"config": config, "runs": done}, default=float))
         bar.update()
 
     shared = (kind, datasets, test_normal_ratio)
     rest = (voters, params or {}, added)
     if jobs == 1 or len(todo) <= 1:
-        set_torch_threads(threads)
-        for variant, seed in todo:
-            record(variant, seed, *_run_cell(*shared, variant, seed, *rest))
+        before = set_torch_threads(threads)
+        try:
+            for variant, seed in todo:
+                record(variant, seed, *_run_cell(*shared, variant, seed, *rest))
+        finally:
+            if before is not None:
+                set_torch_threads(before)
     else:
         with ProcessPoolExecutor(
             max_workers=min(jobs, len(todo)), initializer=set_torch_threads, initargs=(threads,)
@@ -230,6 +229,9 @@ def run_experiment(
             for future in as_completed(futures):
                 record(*futures[future], *future.result())
     bar.close()
+    # in (variant, seed) order, however the runs finished
+    runs = {str(v): {s: done[f"{v}/{s}"]["result"] for s in seeds} for v in names}
+    info = {f"{v}/{s}": done[f"{v}/{s}"]["info"] for v, s in cells}
     summary = summarize(runs)
     report = {
         **config,
