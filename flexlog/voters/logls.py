@@ -19,8 +19,9 @@ from flexlog.voters.deeplog import (
     next_event_scores,
     train_next_event,
     tune_rule,
+    validation_split,
 )
-from flexlog.voters.neural import NeuralVoter, check_positive, split_validation
+from flexlog.voters.neural import NeuralVoter, check_positive
 
 #: Thresholds used when ``g1``/``g2`` are "auto" and there is nothing to tune them on.
 DEFAULT_G1 = DEFAULT_G2 = 1e-3
@@ -155,14 +156,12 @@ class LogLSVoter(NeuralVoter):
     def _fit(self, encoded: list[np.ndarray], y: np.ndarray) -> None:
         self._check_params()
         self.fitted_["embedding_dim"] = EMBEDDING_DIM
-        auto = "auto" in (self.g1, self.g2, self.tolerance)
-        train_idx, val_idx = np.arange(len(encoded)), np.zeros(0, dtype=np.int64)
-        if auto and (y == 1).any():
-            fit_idx, held = split_validation(
+        if "auto" in (self.g1, self.g2, self.tolerance):
+            train_idx, val_idx = validation_split(
                 len(encoded), y, self.validation_fraction, self.random_state
             )
-            if (y[fit_idx] == 0).any() and (y[held] == 1).any():
-                train_idx, val_idx = fit_idx, held
+        else:
+            train_idx, val_idx = np.arange(len(encoded)), np.zeros(0, dtype=np.int64)
         normal = [encoded[i] for i in train_idx if y[i] == 0]
         self.modules_ = self._build_modules()
         for direction, reverse in (("forward", False), ("backward", True)):
