@@ -174,6 +174,21 @@ def check_tolerance(value) -> None:
         raise ValueError(f"tolerance must be 'auto' or a share in [0, 1), got {value!r}")
 
 
+def check_next_event_params(voter: NeuralVoter) -> None:
+    """ValueError naming the first bad hyper-parameter that the next-event voters (DeepLog,
+    LogLS) share: window, model size, training, tolerance, validation split, device."""
+    for name in ("window", "hidden_size", "num_layers", "batch_size"):
+        check_int(name, getattr(voter, name))
+    check_int("epochs", voter.epochs, auto=True)
+    check_positive(lr=voter.lr)
+    check_tolerance(voter.tolerance)
+    if not 0.0 < voter.validation_fraction < 1.0:
+        raise ValueError(
+            f"validation_fraction must be in (0, 1), got {voter.validation_fraction!r}"
+        )
+    voter.device_  # noqa: B018 - raises on a bad ``device``
+
+
 def tune_rule(
     shares: np.ndarray, y: np.ndarray, tolerances: Sequence[float]
 ) -> tuple[int, float, float]:
@@ -264,19 +279,9 @@ class DeepLogVoter(NeuralVoter):
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        for name in ("window", "hidden_size", "num_layers", "batch_size"):
-            check_int(name, getattr(self, name))
-        check_int("epochs", self.epochs, auto=True)
-        check_positive(lr=self.lr)
+        check_next_event_params(self)
         if self.top_k != "auto":
             check_int("top_k", self.top_k)
-        check_tolerance(self.tolerance)
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
-            )
-        resolve = self.device_  # raises on a bad ``device``
-        del resolve
 
     def _build_modules(self) -> dict[str, nn.Module]:
         net = NextEventLSTM(

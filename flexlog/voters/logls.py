@@ -14,14 +14,13 @@ from flexlog.voters.deeplog import (
     EMBEDDING_DIM,
     TOLERANCE_CANDIDATES,
     NextEventLSTM,
-    check_int,
-    check_tolerance,
+    check_next_event_params,
     next_event_scores,
     train_next_event,
     tune_rule,
     validation_split,
 )
-from flexlog.voters.neural import NeuralVoter, check_positive
+from flexlog.voters.neural import NeuralVoter
 
 #: Thresholds used when ``g1``/``g2`` are "auto" and there is nothing to tune them on.
 DEFAULT_G1 = DEFAULT_G2 = 1e-3
@@ -122,10 +121,7 @@ class LogLSVoter(NeuralVoter):
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        for name in ("window", "hidden_size", "num_layers", "batch_size"):
-            check_int(name, getattr(self, name))
-        check_int("epochs", self.epochs, auto=True)
-        check_positive(lr=self.lr)
+        check_next_event_params(self)
         for name in ("g1", "g2"):
             value = getattr(self, name)
             if value == "auto":
@@ -136,12 +132,6 @@ class LogLSVoter(NeuralVoter):
                 or not (0.0 < value <= 1.0)
             ):
                 raise ValueError(f"{name} must be 'auto' or a probability in (0, 1], got {value!r}")
-        check_tolerance(self.tolerance)
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
-            )
-        self.device_  # noqa: B018 - validates ``device``
 
     def _build_modules(self) -> dict[str, nn.Module]:
         dim = int(self.fitted_.get("embedding_dim", EMBEDDING_DIM))
