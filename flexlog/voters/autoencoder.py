@@ -12,6 +12,7 @@ import numpy as np
 from flexlog.voters.neural import (
     ThresholdedVoter,
     batches,
+    check_int,
     final_state,
     nn,
     torch,
@@ -25,8 +26,7 @@ EPS = 1e-8
 
 # -- hyper-parameter checks -------------------------------------------------------------------
 def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
+    check_int(name, value, minimum)
     return int(value)
 
 

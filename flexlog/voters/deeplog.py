@@ -20,6 +20,8 @@ from flexlog.voters.neural import (
     PAD,
     UNSEEN,
     NeuralVoter,
+    anomaly_f1,
+    check_int,
     check_positive,
     split_validation,
     train,
@@ -59,15 +61,6 @@ class NextEventLSTM(nn.Module):
         """``(batch, h)`` event indices (left-padded with PAD) → ``(batch, vocab)`` logits."""
         hidden, _ = self.lstm(self.embedding(history))
         return self.out(hidden[:, -1])
-
-
-def check_int(name: str, value, minimum: int = 1, *, auto: bool = False) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int ≥ ``minimum`` (or, with
-    ``auto``, the string "auto")."""
-    if auto and value == "auto":
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
 def all_windows(encoded: Sequence[np.ndarray], h: int, *, reverse: bool = False) -> np.ndarray:
@@ -160,12 +153,6 @@ def next_event_scores(
     return out
 
 
-def f1(pred: np.ndarray, y: np.ndarray) -> float:
-    """F1 of the anomalous class."""
-    tp = int((pred & (y == 1)).sum())
-    return 2 * tp / (int(pred.sum()) + int((y == 1).sum())) if tp else 0.0
-
-
 def check_tolerance(value) -> None:
     """ValueError unless ``value`` is "auto" or a share in [0, 1)."""
     if value == "auto":
@@ -201,7 +188,7 @@ def tune_rule(
     best, best_key = (0, float(tolerances[0]), 0.0), None
     for t, tol in enumerate(tolerances):
         for j in range(shares.shape[1]):
-            score = f1(shares[:, j] > tol, y)
+            score = anomaly_f1(shares[:, j] > tol, y)
             key = (score, -t, j)
             if best_key is None or key > best_key:
                 best, best_key = (j, float(tol), score), key

@@ -25,6 +25,7 @@ from flexlog.voters.neural import (
     PAD,
     UNSEEN,
     NeuralVoter,
+    anomaly_f1,
     best_threshold,
     count_matrix,
     pad_sequences,
@@ -399,14 +400,11 @@ class LogMSVoter(NeuralVoter):
         n_events = len(self.vocabulary_)
         candidates = np.unique(np.concatenate([np.clip(ranks, 1, n_events), [n_events]]))
         best_f1, best = -1.0, (int(self.top_k), 0.5)
-        positives = int((y == 1).sum())
         for k in candidates[::-1]:
             flagged = ranks >= k
             rest = ~flagged
             threshold = best_threshold(probs[rest], y[rest]) if rest.any() else 0.5
-            pred = flagged | (rest & (probs > threshold))
-            tp = int((pred & (y == 1)).sum())
-            f1 = 2 * tp / (int(pred.sum()) + positives) if tp else 0.0
+            f1 = anomaly_f1(flagged | (rest & (probs > threshold)), y)
             if f1 > best_f1:
                 best_f1, best = f1, (int(k), float(threshold))
         return best

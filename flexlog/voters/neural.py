@@ -202,6 +202,12 @@ def split_validation(
     return np.sort(fit_idx), np.sort(val_idx)
 
 
+def anomaly_f1(pred: np.ndarray, y: np.ndarray) -> float:
+    """F1 of the anomalous class (label 1) for boolean predictions ``pred``."""
+    tp = int((pred & (y == 1)).sum())
+    return 2 * tp / (int(pred.sum()) + int((y == 1).sum())) if tp else 0.0
+
+
 def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     """The threshold on anomaly ``scores`` (anomalous when score > threshold) with the best F1
     on labelled validation data; ties go to the larger threshold (fewer false alarms)."""
@@ -211,11 +217,8 @@ def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     candidates = np.unique(scores)
     cuts = np.concatenate([[candidates[0] - 1.0], (candidates[:-1] + candidates[1:]) / 2])
     best, best_f1 = cuts[0], -1.0
-    positives = (y == 1).sum()
     for cut in cuts:
-        pred = scores > cut
-        tp = int((pred & (y == 1)).sum())
-        f1 = 2 * tp / (pred.sum() + positives) if tp else 0.0
+        f1 = anomaly_f1(scores > cut, y)
         if f1 >= best_f1:
             best, best_f1 = cut, f1
     return float(best)
@@ -407,6 +410,15 @@ class ThresholdedVoter(NeuralVoter):
 
     def _predict(self, encoded: list[np.ndarray]) -> np.ndarray:
         return (self._proba(encoded) > self.fitted_["threshold"]).astype(np.int64)
+
+
+def check_int(name: str, value, minimum: int = 1, *, auto: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int ≥ ``minimum`` (or, with
+    ``auto``, the string "auto")."""
+    if auto and value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
 def check_positive(**values) -> None:
