@@ -15,7 +15,7 @@ import pytest
 from flexlog.data import ulad
 from flexlog.data.adfa import ATTACK_TYPES, decode_trace, load_adfa
 from flexlog.data.hdfs import load_hdfs_sessions
-from flexlog.data.records import IngestReport, InputError, LogSequence, read_jsonl
+from flexlog.data.records import IngestReport, InputError, LogSequence, read_jsonl, write_jsonl
 from flexlog.data.sampling import (
     dedup_against,
     limited_balanced,
@@ -283,18 +283,68 @@ def test_adfa_u_holdout_absent_from_train(adfa_corpus, holdout: str) -> None:
     assert {s.id for s in ds.test if s.label == 1} <= held
     _check_dedup(ds)
     _check_counts(ds)
-    # default ratio 1.0: as many test normals as (de-duplicated) held-out attacks
-    assert ds.info["test"]["normal"] == ds.info["test"]["anomalous"]
     assert ds.info["limited_train"] == {"normal": 500, "anomalous": 500, "total": 1000}
+    # attack traces carry their type as group, in train and test alike
+    assert {s.group for s in ds.train if s.label == 1} == set(ATTACK_TYPES) - {holdout}
+    assert {s.group for s in ds.test if s.label == 1} == {holdout}
+    assert all(s.group is None for s in ds.train + ds.test if s.label == 0)
 
 
-def test_adfa_u_keep_all_normals(adfa_corpus) -> None:
-    ds = ulad.build_adfa_u(adfa_corpus, "meter", seed=0, test_normal_ratio=None)
+#: The FlexLog paper's Table 2: (train, test) sizes per holdout before de-duplication.
+PAPER_SIZES = {
+    "java": (4786, 1165),
+    "hydraSSH": (4734, 1217),
+    "hydraFTP": (4748, 1203),
+    "meter": (4835, 1116),
+    "web": (4792, 1159),
+    "adduser": (4819, 1132),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_adfa_u_reproduces_the_paper_sizes(adfa_corpus, seed: int) -> None:
+    for holdout, (n_train, n_test) in PAPER_SIZES.items():
+        ds = ulad.build_adfa_u(adfa_corpus, holdout, seed=seed)
+        assert ds.info["protocol"] == "paper"
+        assert ds.info["train"]["total"] == n_train, holdout
+        assert ds.info["test_before_dedup"]["total"] == n_test, holdout
+        # 80 % of the 5,205 normal traces train, every other one tests
+        assert ds.info["train"]["normal"] == 4164
+        assert ds.info["test_before_dedup"]["normal"] == 1041
+        # the paper reports duplication ratios of 0.31-0.34
+        assert 0.2 < ds.info["duplication_ratio"] < 0.45, holdout
+
+
+def test_adfa_u_balanced_test_is_named_non_paper(adfa_corpus) -> None:
+    ds = ulad.build_adfa_u(adfa_corpus, "meter", seed=0, test_normal_ratio=1.0)
     _check_dedup(ds)
     _check_counts(ds)
-    # half of the 5,205 normals go to test before de-duplication
-    assert ds.info["test_before_dedup"]["normal"] == 5205 - round(5205 * 0.5)
-    assert ds.info["duplication_ratio"] > 0
+    assert ds.info["test"]["normal"] == ds.info["test"]["anomalous"]
+    assert ds.info["protocol"].startswith("non-paper")
+    half = ulad.build_adfa_u(adfa_corpus, "meter", seed=0, normal_train_fraction=0.5)
+    assert half.info["protocol"] == "non-paper: 0.5 of normals train"
+    assert half.info["test_before_dedup"]["normal"] == 5205 - round(5205 * 0.5)
+
+
+def test_group_field_round_trips_and_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text(
+        '{"id": "a", "events": ["x"], "label": 1, "group": "web"}\n'
+        '{"id": "b", "events": ["x"], "label": 1, "group": 3}\n'
+        '{"id": "c", "events": ["x"], "label": 1, "group": ["web"]}\n'
+        '{"id": "d", "events": ["x"], "label": 1, "group": ""}\n'
+        '{"id": "e", "events": ["x"], "label": 0}\n'
+    )
+    seqs, report = read_jsonl(path)
+    assert [(s.id, s.group) for s in seqs] == [("a", "web"), ("b", "3"), ("e", None)]
+    assert report.read == 5 and report.accepted + report.rejected == report.read
+    reasons = {r.line: r.reason for r in report.rejections}
+    assert "field 'group' must be a string or integer" in reasons[3]
+    assert "field 'group' is an empty string" in reasons[4]
+    write_jsonl(tmp_path / "out.jsonl", seqs)
+    again, _ = read_jsonl(tmp_path / "out.jsonl")
+    assert again == seqs
+    assert '"group"' not in (tmp_path / "out.jsonl").read_text().splitlines()[2]
 
 
 def test_adfa_u_rejects_bad_arguments(adfa_sample) -> None:

@@ -24,6 +24,8 @@ ATTACK_TYPES = {
     "meter": "Meterpreter",
     "web": "Web_Shell",
 }
+#: Attack folder → the paper's short name, the ``group`` of its traces.
+_GROUPS = {folder: name for name, folder in ATTACK_TYPES.items()}
 _ATTACK_DIR = re.compile(r"^(?P<kind>.+)_(?P<run>\d+)$")
 MAX_TRACE_BYTES = 8 * 1024 * 1024
 
@@ -97,9 +99,9 @@ def load_adfa(root: str | Path) -> AdfaCorpus:
         parts = rel.split("/")
         source = f"{root}/{rel}"
         if "Training_Data_Master" in parts:
-            bucket, label = corpus.training, 0
+            bucket, label, group = corpus.training, 0, None
         elif "Validation_Data_Master" in parts:
-            bucket, label = corpus.validation, 0
+            bucket, label, group = corpus.validation, 0, None
         elif "Attack_Data_Master" in parts:
             i = parts.index("Attack_Data_Master")
             m = _ATTACK_DIR.match(parts[i + 1]) if i + 2 < len(parts) else None
@@ -107,6 +109,7 @@ def load_adfa(root: str | Path) -> AdfaCorpus:
                 corpus.report.reject(source, 1, "attack trace outside an <Type>_<run> folder")
                 continue
             bucket, label = corpus.attacks.setdefault(m.group("kind"), []), 1
+            group = _GROUPS.get(m.group("kind"), m.group("kind"))
         else:
             continue  # README files and the like are not traces
         if not data:
@@ -121,7 +124,7 @@ def load_adfa(root: str | Path) -> AdfaCorpus:
             corpus.report.reject(source, 1, str(exc))
             continue
         corpus.report.accept()
-        bucket.append(LogSequence(Path(rel).stem, events, label))
+        bucket.append(LogSequence(Path(rel).stem, events, label, group))
     if corpus.report.accepted == 0:
         raise InputError(f"{root}: no ADFA-LD traces found (expected *_Data_Master folders)")
     return corpus

@@ -3,8 +3,10 @@
 A canonical sequence file holds one JSON object per line::
 
     {"id": "UTD-0001", "events": ["open", "read"], "label": 0}
+    {"id": "UTD-0002", "events": ["open", "execve"], "label": 1, "group": "web"}
 
-``label`` is optional (1 = anomalous). Reading never stops at a bad line: every line is
+``label`` is optional (1 = anomalous). ``group`` is optional too: the kind of anomaly (for
+ADFA-LD the attack type), which inner validation holds out one at a time. Reading never stops at a bad line: every line is
 either returned as a :class:`LogSequence` or recorded as a :class:`Rejection` in a
 :class:`IngestReport`, so ``accepted + rejected == read`` always holds.
 """
@@ -24,11 +26,13 @@ MAX_EVENTS = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class LogSequence:
-    """One sequence of template keys (events), with an optional label (0 normal, 1 anomalous)."""
+    """One sequence of template keys (events), with an optional label (0 normal, 1 anomalous)
+    and an optional ``group``: the kind of anomaly it belongs to (e.g. an attack type)."""
 
     id: str
     events: tuple[str, ...]
     label: int | None = None
+    group: str | None = None
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -39,6 +43,8 @@ class LogSequence:
         record: dict = {"id": self.id, "events": list(self.events)}
         if self.label is not None:
             record["label"] = self.label
+        if self.group is not None:
+            record["group"] = self.group
         return record
 
 
@@ -140,7 +146,14 @@ def parse_record(obj: object, *, require_label: bool = False) -> LogSequence:
         label = parse_label(label)
     elif require_label:
         raise ValueError("missing field 'label'")
-    return LogSequence(str(seq_id), tuple(out), label)
+    group = obj.get("group")
+    if group is not None:
+        if isinstance(group, bool) or not isinstance(group, (str, int)):
+            raise ValueError(f"field 'group' must be a string or integer, got {group!r}")
+        group = str(group)
+        if not group:
+            raise ValueError("field 'group' is an empty string")
+    return LogSequence(str(seq_id), tuple(out), label, group)
 
 
 def parse_label(value: object) -> int:

@@ -102,24 +102,42 @@ def _finish(
     return UladDataset(name, train, limited_train, kept, templates, info)
 
 
+#: The FlexLog paper's ADFA-U (its Table 2): 80 % of the normal traces train, every other
+#: normal trace tests beside the held-out attack type.
+PAPER_NORMAL_TRAIN_FRACTION = 0.8
+
+
+def adfa_protocol(normal_train_fraction: float, test_normal_ratio: float | None) -> str:
+    """ "paper" for the FlexLog paper's ADFA-U split, otherwise a name that says how it differs
+    (figures on such a split are not comparable with published ones)."""
+    parts = []
+    if normal_train_fraction != PAPER_NORMAL_TRAIN_FRACTION:
+        parts.append(f"{normal_train_fraction:g} of normals train")
+    if test_normal_ratio is not None:
+        parts.append(f"test balanced at {test_normal_ratio:g} normals per attack")
+    return "paper" if not parts else "non-paper: " + ", ".join(parts)
+
+
 def build_adfa_u(
     corpus: AdfaCorpus,
     holdout: str,
     *,
     seed: int = 0,
-    normal_train_fraction: float = 0.5,
-    test_normal_ratio: float | None = 1.0,
+    normal_train_fraction: float = PAPER_NORMAL_TRAIN_FRACTION,
+    test_normal_ratio: float | None = None,
     limited: str = "balanced",
     per_class: int = 500,
 ) -> UladDataset:
     """ADFA-U for one held-out attack type (paper names: adduser, hydraFTP, hydraSSH, java,
     meter, web).
 
-    The 5,205 normal traces are shuffled with ``seed`` and split: ``normal_train_fraction``
-    to training, the rest to test. ``test_normal_ratio`` samples that many de-duplicated test
-    normals per held-out attack trace (1.0, the default, gives a balanced test set, so F1
-    measures detection of the unseen attack rather than the base rate); ``None`` keeps every
-    held-out normal trace (about 8 normals per attack).
+    The defaults are the FlexLog paper's protocol: the 5,205 normal traces are shuffled with
+    ``seed``; ``normal_train_fraction`` (80 %) of them plus the other five attack types train,
+    every remaining normal trace plus the held-out type test (java: 4,786 / 1,165 before
+    de-duplication), so the test set holds about 6–14 normals per attack and precision
+    decides the F1. ``test_normal_ratio`` instead samples that many de-duplicated test normals
+    per held-out attack trace (1.0: a balanced test set): a non-paper protocol, named so in
+    ``info["protocol"]``. Anomalous traces carry their attack type as ``group``.
     """
     if holdout not in ATTACK_TYPES:
         raise ValueError(f"holdout must be one of {', '.join(ATTACK_TYPES)}, got {holdout!r}")
@@ -144,6 +162,7 @@ def build_adfa_u(
         cap = max(1, round(len(attacks) * test_normal_ratio))
         test_normal = rng.sample(test_normal, min(cap, len(test_normal)))
     info = {
+        "protocol": adfa_protocol(normal_train_fraction, test_normal_ratio),
         "holdout": holdout,
         "holdout_folder": folder,
         "normal_train_fraction": normal_train_fraction,
