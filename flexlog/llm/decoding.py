@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 #: First try, then up to five retries, as in the FlexLog paper.
 TEMPERATURE_LADDER = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -48,34 +46,6 @@ def with_threshold(decision: LabelDecision, threshold: float) -> LabelDecision:
         return decision
     lp_normal, lp_anomalous = decision.logprobs
     return replace(decision, label=int(lp_anomalous - lp_normal > threshold))
-
-
-def calibrate_threshold(margins: Sequence[float], y: Sequence[int]) -> tuple[float, float]:
-    """The margin threshold (``lp(anomalous) - lp(normal)``) with the best F1 on labelled
-    validation data, and that F1.
-
-    A small model fine-tuned for few steps ranks sequences far better than its raw argmax
-    labels them (it leans towards the majority answer), so the cut is tuned on held-out data,
-    never on the test set. Candidates are midpoints between neighbouring margins; among equally
-    good ones the one nearest 0 (the plain argmax) wins.
-    """
-    m = np.asarray(margins, dtype=float)
-    t = np.asarray(y, dtype=int)
-    if m.shape != t.shape or m.size == 0:
-        raise ValueError(f"need as many labels as margins, got {t.size} and {m.size}")
-    if not np.isfinite(m).all():
-        raise ValueError("margins must be finite")
-    points = np.unique(m)
-    candidates = np.concatenate([[points[0] - 1.0], (points[:-1] + points[1:]) / 2, [0.0]])
-    best, best_f1 = 0.0, -1.0
-    for c in sorted(candidates, key=abs):
-        pred = m > c
-        tp = int((pred & (t == 1)).sum())
-        denom = int(pred.sum()) + int((t == 1).sum())
-        f1 = 2 * tp / denom if denom else 0.0
-        if f1 > best_f1 + 1e-12:
-            best, best_f1 = float(c), f1
-    return best, best_f1
 
 
 def ladder(

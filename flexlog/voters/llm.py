@@ -21,8 +21,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from flexlog.evaluate import scores
 from flexlog.features import as_event_lists
 from flexlog.llm.backends import BACKENDS, make_backend
-from flexlog.llm.decoding import LabelDecision, calibrate_threshold, with_threshold
+from flexlog.llm.decoding import LabelDecision, with_threshold
 from flexlog.llm.prompt import PromptTemplate
+from flexlog.thresholds import best_f1_threshold
 from flexlog.voters.base import BundleFormatError, check_labels
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -53,6 +54,8 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
     """
 
     name: ClassVar[str] = "llm"
+    #: A model call per sequence: asked last, and only where its vote can change the label.
+    cost: ClassVar[float] = 10000.0
 
     def __init__(
         self,
@@ -244,7 +247,7 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
         test set); returns the chosen threshold and F1 before and after."""
         y = check_labels(y, len(as_event_lists(X)))
         margins = self.margins(X)
-        self.threshold_, f1 = calibrate_threshold(margins, y)
+        self.threshold_, f1 = best_f1_threshold(margins, y, prefer=0.0)
         return {
             "threshold": self.threshold_,
             "f1": f1,
@@ -254,6 +257,21 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return np.array([d.label for d in self.decide(X)], dtype=np.int64)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """The calibrated margin as a probability, ``sigmoid(margin - threshold_)`` (0.5 at the
+        calibrated cut), so the LLM takes part in weighted and stacked votes by how sure it
+        is; a decision without log-probabilities (another decoding path) counts as 0 or 1."""
+        p = np.array(
+            [
+                d.label
+                if d.logprobs is None
+                else 1.0 / (1.0 + np.exp(-(d.logprobs[1] - d.logprobs[0] - self.threshold_)))
+                for d in self.decide(X)
+            ],
+            dtype=float,
+        )
+        return np.column_stack([1.0 - p, p])
 
     # -- persistence -----------------------------------------------------------------------
     def save_state(self, directory: Path) -> list[str]:

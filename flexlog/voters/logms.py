@@ -21,12 +21,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 from torch.nn import functional as F
 
+from flexlog.thresholds import best_f1_threshold
 from flexlog.voters.neural import (
     PAD,
     UNSEEN,
     NeuralVoter,
     anomaly_f1,
-    best_threshold,
     count_matrix,
     pad_sequences,
     resolve_device,
@@ -403,7 +403,7 @@ class LogMSVoter(NeuralVoter):
         for k in candidates[::-1]:
             flagged = ranks >= k
             rest = ~flagged
-            threshold = best_threshold(probs[rest], y[rest]) if rest.any() else 0.5
+            threshold = best_f1_threshold(probs[rest], y[rest])[0] if rest.any() else 0.5
             f1 = anomaly_f1(flagged | (rest & (probs > threshold)), y)
             if f1 > best_f1:
                 best_f1, best = f1, (int(k), float(threshold))

@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from flexlog.features import as_event_lists
+from flexlog.thresholds import best_f1_threshold
 from flexlog.voters.base import BundleFormatError, check_labels
 
 try:
@@ -208,22 +209,6 @@ def anomaly_f1(pred: np.ndarray, y: np.ndarray) -> float:
     return 2 * tp / (int(pred.sum()) + int((y == 1).sum())) if tp else 0.0
 
 
-def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
-    """The threshold on anomaly ``scores`` (anomalous when score > threshold) with the best F1
-    on labelled validation data; ties go to the larger threshold (fewer false alarms)."""
-    scores, y = np.asarray(scores, dtype=float), np.asarray(y)
-    if not (y == 1).any():
-        return float(np.max(scores)) if len(scores) else 0.0
-    candidates = np.unique(scores)
-    cuts = np.concatenate([[candidates[0] - 1.0], (candidates[:-1] + candidates[1:]) / 2])
-    best, best_f1 = cuts[0], -1.0
-    for cut in cuts:
-        f1 = anomaly_f1(scores > cut, y)
-        if f1 >= best_f1:
-            best, best_f1 = cut, f1
-    return float(best)
-
-
 # -- the estimator ----------------------------------------------------------------------------
 class NeuralVoter(ClassifierMixin, BaseEstimator):
     """Base class of the torch voters: scikit-learn's estimator protocol over event sequences.
@@ -233,6 +218,8 @@ class NeuralVoter(ClassifierMixin, BaseEstimator):
     """
 
     name: ClassVar[str] = ""
+    #: Rough relative cost per sequence (a small network per sequence): ensembles ask cheap voters first.
+    cost: ClassVar[float] = 100.0
     #: Whether ``fit`` needs anomalous examples too (False: trained on normal sequences).
     supervised: ClassVar[bool] = True
 
@@ -395,7 +382,7 @@ class ThresholdedVoter(NeuralVoter):
         if len(np.unique(y[val_idx])) == 2:
             with torch.inference_mode():
                 p = self._proba([encoded[i] for i in val_idx])
-            threshold = min(max(best_threshold(p, y[val_idx]), 0.0), 1.0)
+            threshold = min(max(best_f1_threshold(p, y[val_idx])[0], 0.0), 1.0)
         self.fitted_["threshold"] = float(threshold)
 
     def predict_proba(self, X) -> np.ndarray:
