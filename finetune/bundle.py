@@ -2,7 +2,8 @@
 
 The bundle's other voters are kept as they are; the LLM voter (adapter, retrieval index and
 calibrated threshold) joins them as ``llm``, replacing an earlier one, so the ensemble becomes
-FlexLog's four voters. Metrics recorded for the old ensemble no longer describe the new one and
+FlexLog's four voters under the bundle's vote rule (a weighted or stacked rule gives the newcomer
+the weight :meth:`~flexlog.vote_rules.VoteRule.with_voter` says). Metrics recorded for the old ensemble no longer describe the new one and
 are moved under ``data.previous_metrics``.
 """
 
@@ -30,8 +31,9 @@ def add_llm_voter(bundle: str | Path, adapter: str | Path, recipe: Recipe) -> li
     data["finetune"] = {"recipe": recipe.name, "adapter": str(adapter)}
     if manifest.get("metrics"):
         data["previous_metrics"] = manifest["metrics"]
+    rule = loaded.detector.ensemble.rule.with_voter("llm")
     save_bundle(
-        Detector(VotingEnsemble(members)),
+        Detector(VotingEnsemble(members, rule)),
         bundle,
         config=config,
         data=data,

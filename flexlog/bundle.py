@@ -32,6 +32,7 @@ from flexlog.data.records import InputError
 from flexlog.data.templates import read_templates, write_templates
 from flexlog.detector import Detector
 from flexlog.ensemble import VotingEnsemble
+from flexlog.vote_rules import rule_from_json
 from flexlog.voters.base import BundleFormatError
 from flexlog.voters.registry import voter_class
 
@@ -141,6 +142,9 @@ def save_bundle(
                 "numpy": np.__version__,
             },
             "voters": voters,
+            "ensemble": _jsonable(
+                {"rule": detector.ensemble.rule.to_json(), "order": detector.ensemble.order}
+            ),
             "config": _jsonable(config or {}),
             "data": _jsonable(data or {}),
             "metrics": _jsonable(metrics or {}),
@@ -231,5 +235,13 @@ def load_bundle(path: str | Path, *, cache=None) -> Bundle:
     parser_state = None
     if "parser.json" in manifest["files"]:
         parser_state = json.loads((path / "parser.json").read_text(encoding="utf-8"))
-    detector = Detector(VotingEnsemble(voters), cache=cache)
+    ensemble = manifest.get("ensemble", {})
+    if not isinstance(ensemble, dict):
+        raise BundleError(f"{path}/{MANIFEST}: 'ensemble' must be an object")
+    try:
+        rule = rule_from_json(ensemble.get("rule"))
+        built = VotingEnsemble(voters, rule, order=ensemble.get("order"))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path}/{MANIFEST}: ensemble: {exc}") from exc
+    detector = Detector(built, cache=cache)
     return Bundle(path, detector, manifest, templates, parser_state)

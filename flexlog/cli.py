@@ -21,6 +21,8 @@ from flexlog.data.records import (
     iter_jsonl,
     read_jsonl,
 )
+from flexlog.vote_rules import RULES
+from flexlog.voters.registry import DEFAULT_RULE
 
 
 def _datasets_dir() -> Path:
@@ -161,11 +163,22 @@ def _parse_params(specs: list[str], voters: list[str]) -> dict[str, dict]:
 def cmd_train(args: argparse.Namespace) -> int:
     from flexlog.bundle import save_bundle, sha256_file
     from flexlog.data.templates import read_templates
-    from flexlog.detector import make_detector
+    from flexlog.training import check_anomaly_rate, train_detector
+    from flexlog.vote_rules import parse_weights
     from flexlog.voters.registry import parse_voter_list
 
     voters = parse_voter_list(args.voters)
     params = _parse_params(args.param, voters)
+    try:
+        weights = parse_weights(args.weights) if args.weights else None
+    except ValueError as exc:
+        raise CliError(f"--weights: {exc}") from exc
+    try:
+        rate = None if args.anomaly_rate is None else check_anomaly_rate(args.anomaly_rate)
+    except ValueError as exc:
+        raise CliError(f"--anomaly-rate: {exc}") from exc
+    if weights is not None and args.rule != "weighted":
+        raise CliError("--weights: only the weighted rule takes weights (--rule weighted)")
     train_path = Path(args.train)
     seqs, report = read_jsonl(train_path, require_label=True)
     if report.rejected:
@@ -173,9 +186,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not seqs:
         raise CliError(f"{train_path}: no usable training sequences ({report.summary()})")
     templates = read_templates(args.templates) if args.templates else None
-    detector = make_detector(voters, params, args.seed)
-    err.print(f"training {', '.join(voters)} on {len(seqs)} sequences from {train_path}")
-    detector.fit(seqs, templates=templates, progress=True)
+    err.print(
+        f"training {', '.join(voters)} ({args.rule} vote) on {len(seqs)} sequences "
+        f"from {train_path}"
+    )
+    detector, training = train_detector(
+        seqs,
+        voters,
+        params=params,
+        seed=args.seed,
+        rule=args.rule,
+        anomaly_rate=rate,
+        weights=weights,
+        templates=templates,
+        progress=True,
+    )
+    if "fallback" in training:
+        err.print(f"[yellow]{escape(training['fallback'])}[/]")
+    elif training["rule"] != "majority":
+        err.print(
+            f"vote rule {training['rule']} fitted on {training['validation']['scheme']}, for "
+            f"an anomaly rate of {training['anomaly_rate']:.3f} "
+            f"({training['anomaly_rate_from']})"
+        )
     data = {
         "train": {
             "path": str(train_path),
@@ -190,7 +223,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             "path": str(args.templates),
             "sha256": sha256_file(Path(args.templates)),
         }
-    config = {"voters": voters, "params": params, "seed": args.seed}
+    config = {
+        "voters": voters,
+        "params": params,
+        "seed": args.seed,
+        "rule": args.rule,
+        "training": training,
+    }
     metrics = {}
     if args.eval:
         metrics = _evaluate(detector, Path(args.eval), templates)["scores"]
@@ -445,7 +484,10 @@ def cmd_voters(args: argparse.Namespace) -> int:
         table.add_row(name, where, *marks)
     out.print(table)
     presets = "; ".join(f"{k} = {','.join(v)}" for k, v in VOTER_PRESETS.items())
-    out.print(f"presets for --voters: {presets} ('ml' is the default)")
+    out.print(
+        f"presets for --voters: {presets} ('default' is what `flexlog train` uses, "
+        f"with --rule {DEFAULT_RULE})"
+    )
     return 0
 
 
@@ -531,12 +573,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if set(added) & set(voters):
         raise CliError(f"--add repeats ensemble voters: {sorted(set(added) & set(voters))}")
     seeds = list(range(args.seeds))
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    bad = [r for r in rules if r not in RULES]
+    if bad or not rules or len(set(rules)) != len(rules):
+        raise CliError(
+            f"--rules: a list of distinct rules from {', '.join(RULES)}, got {args.rules!r}"
+        )
     try:
         run_experiment(
             args.kind,
             seeds=seeds,
             voters=voters,
             added=added,
+            rules=rules,
             variants=args.variants.split(",") if args.variants else None,
             params=_parse_params(args.param, [*voters, *added]),
             datasets=Path(args.datasets),
@@ -590,12 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument(
-        "--normal-train-fraction", type=float, default=0.5, help="adfa-u: normal traces to train"
+        "--normal-train-fraction",
+        type=float,
+        default=0.8,
+        help="adfa-u: share of normal traces that train (default 0.8, the paper's)",
     )
     b.add_argument(
         "--test-normal-ratio",
-        default="1.0",
-        help="adfa-u: test normals per held-out attack trace, or 'all' (default 1.0)",
+        default="all",
+        help="adfa-u: 'all' remaining normal traces test (default, the paper's), or that many "
+        "test normals per held-out attack trace (e.g. 1.0: balanced; not the paper's protocol)",
     )
     b.add_argument(
         "--per-class", type=int, default=500, help="adfa-u limited set: samples per class"
@@ -619,8 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--templates", help="EventId,EventTemplate CSV of the events")
     t.add_argument(
         "--voters",
-        default="knn,dt,slfn",
-        help="comma-separated voter names or presets (ml, cpu: see `flexlog voters`)",
+        default="default",
+        help="comma-separated voter names or presets (default, ml, cpu: see `flexlog voters`)",
     )
     t.add_argument(
         "--param",
@@ -628,6 +681,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VOTER.NAME=VALUE",
         help="voter hyper-parameter",
+    )
+    t.add_argument(
+        "--rule",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help=f"how votes combine (default {DEFAULT_RULE}); majority is the paper's, weighted and "
+        "stacked are fitted on inner validation that holds out one anomaly group at a time",
+    )
+    t.add_argument(
+        "--weights", help="weighted rule: fixed voter weights, e.g. knn=1,dt=0.5 (not fitted)"
+    )
+    t.add_argument(
+        "--anomaly-rate",
+        help="share of anomalies expected in deployment, in (0, 1), that weighted and stacked "
+        "rules are tuned for (default: the training set's; for a set drawn with replacement, "
+        "that of the set it was drawn from, estimated from repeated ids)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval", help="labelled JSONL to evaluate on and record in the manifest")
@@ -706,7 +775,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
     x.add_argument("--seeds", type=int, default=5)
     x.add_argument(
-        "--voters", default="knn,dt,slfn", help="the ensemble's voters (names or presets)"
+        "--voters", default="ml", help="the ensemble's voters (names or presets; default ml)"
+    )
+    x.add_argument(
+        "--rules",
+        default="majority",
+        help="comma-separated vote rules, each scored as an ensemble (the first is 'ensemble', "
+        "the reference of the Mann-Whitney tests; e.g. majority,weighted,stacked)",
     )
     x.add_argument(
         "--add",
@@ -719,7 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--param", action="append", default=[], metavar="VOTER.NAME=VALUE")
     x.add_argument(
-        "--test-normal-ratio", default="1.0", help="adfa-u: normals per attack, or 'all'"
+        "--test-normal-ratio",
+        default="all",
+        help="adfa-u: 'all' held-out normals test (the paper's protocol, default), or that "
+        "many normals per attack (non-paper)",
     )
     x.add_argument("--datasets", default=str(DATASETS))
     x.add_argument("--out", default=None, help="report directory (default runs/experiment-KIND)")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from flexlog.data.records import LogSequence
 from flexlog.ensemble import Poll, VotingEnsemble
+from flexlog.vote_rules import VoteRule
 
 if TYPE_CHECKING:
     from flexlog.cache import SequenceCache
@@ -45,7 +46,8 @@ class Verdict:
     ``source`` is "ensemble" (voted now), "cache" (a model answer seen before), "human"
     (a label corrected through the cache, which wins over the models) or "voter" (one voter
     asked alone, see :meth:`Detector.predict_voter`). ``abstained`` names the voters that
-    could not vote on a degraded answer.
+    could not vote on a degraded answer; ``not_asked`` the voters whose vote could no longer
+    change the label, so the ensemble did not ask them (short-circuit voting).
     """
 
     id: str
@@ -54,6 +56,7 @@ class Verdict:
     cached: bool = False
     source: str = "ensemble"
     abstained: tuple[str, ...] = ()
+    not_asked: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -76,6 +79,8 @@ class Verdict:
         if self.abstained:
             record["degraded"] = True
             record["abstained"] = list(self.abstained)
+        if self.not_asked:
+            record["not_asked"] = list(self.not_asked)
         return record
 
 
@@ -85,7 +90,8 @@ class DetectorStats:
 
     ``degraded``: distinct sequences voted on without every voter; ``voter_errors``: failures
     per voter that made it abstain; ``cache_errors``: cache reads or writes that failed (the
-    answers were served anyway).
+    answers were served anyway); ``asked``: distinct sequences each voter was asked about
+    (short-circuit voting asks the later voters about fewer than ``voted``).
     """
 
     sequences: int = 0
@@ -95,6 +101,7 @@ class DetectorStats:
     degraded: int = 0
     cache_errors: int = 0
     voter_errors: dict[str, int] = field(default_factory=dict)
+    asked: dict[str, int] = field(default_factory=dict)
 
 
 class Detector:
@@ -102,7 +109,9 @@ class Detector:
 
     ``tolerate``: voter errors that make the voter abstain instead of failing the batch
     (default none; see :func:`transient_errors`). ``retry_after``: seconds a voter that failed
-    so rests before it is asked again. Safe to call from several threads.
+    so rests before it is asked again. ``short_circuit``: ask each voter only about the
+    sequences whose label it can still change (same labels, fewer questions to the slow
+    voters). Safe to call from several threads.
     """
 
     def __init__(
@@ -112,8 +121,10 @@ class Detector:
         *,
         tolerate: Iterable[type[BaseException]] = (),
         retry_after: float = 30.0,
+        short_circuit: bool = True,
     ):
         self.ensemble = ensemble
+        self.short_circuit = short_circuit
         self.cache = cache
         self.stats = DetectorStats()
         self.tolerate = tuple(tolerate)
@@ -124,6 +135,11 @@ class Detector:
     @property
     def voter_names(self) -> list[str]:
         return self.ensemble.names
+
+    def asked_share(self) -> dict[str, float]:
+        """The share of the distinct sequences voted on that reached each voter."""
+        voted = self.stats.voted
+        return {n: self.stats.asked.get(n, 0) / voted for n in self.voter_names} if voted else {}
 
     def unavailable(self) -> dict[str, str]:
         """Voters whose last attempt failed with a tolerated error (name → error); each is
@@ -205,20 +221,26 @@ class Detector:
         names = list(poll.votes)
         columns = [poll.votes[name].tolist() for name in names]
         abstained = tuple(poll.abstained)
+        unasked = [n for n in self.voter_names if n not in poll.abstained]
         answers: list[Verdict | None] = [None] * len(batch)
         fresh = []
         for j, key in enumerate(unique):
-            vote = {name: col[j] for name, col in zip(names, columns, strict=True)}
+            vote = {name: col[j] for name, col in zip(names, columns, strict=True) if col[j] >= 0}
+            not_asked = tuple(n for n in unasked if n not in vote)
             label = int(labels[j])
             fresh.append((key, label, vote))
             for i in pending[key]:
-                answers[i] = Verdict(batch[i].id, label, vote, False, "ensemble", abstained)
+                answers[i] = Verdict(
+                    batch[i].id, label, vote, False, "ensemble", abstained, not_asked
+                )
         if self.cache is not None and not poll.degraded:
             self._cache_add(fresh)
         with self._lock:
             self.stats.sequences += len(batch)
             self.stats.voted += len(unique)
             self.stats.vote_seconds += elapsed
+            for name, k in poll.asked.items():
+                self.stats.asked[name] = self.stats.asked.get(name, 0) + k
             if poll.degraded:
                 self.stats.degraded += len(unique)
         return answers  # type: ignore[return-value]
@@ -235,7 +257,9 @@ class Detector:
             return []
         pending = self._distinct(batch)
         unique = list(pending)
-        labels = self._poll(unique, voters=[name]).labels()
+        poll = self._poll(unique, voters=[name])
+        poll.labels()  # NoVotersError when the voter could not answer
+        labels = poll.votes[name]
         answers: list[Verdict | None] = [None] * len(batch)
         for j, key in enumerate(unique):
             label = int(labels[j])
@@ -275,7 +299,13 @@ class Detector:
                 for name, (until, reason) in self._down.items()
                 if until > now and name in asked
             }
-        poll = self.ensemble.poll(events, voters=voters, skip=skip, tolerate=self.tolerate)
+        poll = self.ensemble.poll(
+            events,
+            voters=voters,
+            skip=skip,
+            tolerate=self.tolerate,
+            short_circuit=self.short_circuit,
+        )
         with self._lock:
             for name, reason in poll.abstained.items():
                 if name in skip:
@@ -305,11 +335,11 @@ class Detector:
         logger.warning("sequence cache %s failed, answering without it: %s", what, exc)
 
 
-def make_detector(
+def make_voters(
     voters: Sequence[str], params: dict[str, dict] | None = None, seed: int | None = 0
-) -> Detector:
-    """A fresh detector with the named registered voters; each voter that takes a
-    ``random_state`` gets ``seed`` unless ``params`` sets it."""
+) -> list[tuple[str, object]]:
+    """Fresh (unfitted) registered voters by name; each voter that takes a ``random_state``
+    gets ``seed`` unless ``params`` sets it."""
     from flexlog.voters.registry import make_voter, voter_class
 
     members = []
@@ -318,4 +348,15 @@ def make_detector(
         if "random_state" in voter_class(name)().get_params() and "random_state" not in p:
             p["random_state"] = seed
         members.append((name, make_voter(name, **p)))
-    return Detector(VotingEnsemble(members))
+    return members
+
+
+def make_detector(
+    voters: Sequence[str],
+    params: dict[str, dict] | None = None,
+    seed: int | None = 0,
+    rule: VoteRule | None = None,
+) -> Detector:
+    """A fresh detector with the named registered voters combined by ``rule`` (majority by
+    default); see :func:`make_voters`."""
+    return Detector(VotingEnsemble(make_voters(voters, params, seed), rule))

@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 
 from flexlog.alignment import TemplateAligner, align_sequences
 from flexlog.data.ulad import SYNHDFS_RATIOS, UladDataset
-from flexlog.detector import make_detector
-from flexlog.ensemble import VotingEnsemble, majority_vote
+from flexlog.detector import make_detector, make_voters
+from flexlog.ensemble import VotingEnsemble, majority_vote, voter_scores
 from flexlog.evaluate import mann_whitney, scores
+from flexlog.inner_validation import fit_rule, out_of_fold_scores
+from flexlog.training import deployment_anomaly_rate
 from flexlog.voters.base import FeatureMemo
 
 ALIGNED = "ensemble+align"
@@ -89,10 +91,13 @@ def _run_cell(
     voters: Sequence[str],
     params: dict,
     added: Sequence[str],
+    rules: Sequence[str] = ("majority",),
 ) -> tuple[dict, dict]:
     """One (variant, seed) run, in this process or a worker: (scores, dataset info)."""
     ds = _cached_builders(kind, datasets, test_normal_ratio)[1](variant, seed)
-    result = run_one(ds, voters, params, seed, align=kind == "template-evolution", added=added)
+    result = run_one(
+        ds, voters, params, seed, align=kind == "template-evolution", added=added, rules=rules
+    )
     return result, ds.info
 
 
@@ -104,20 +109,26 @@ def run_one(
     *,
     align: bool = False,
     added: Sequence[str] = (),
+    rules: Sequence[str] = ("majority",),
 ) -> dict[str, dict]:
     """Fit on the limited training set, score the test set: scores per voter (with its fit
-    and predict seconds) and of the ensemble of ``voters``; for each voter in ``added``, also
-    the ensemble with it added (``ensemble+NAME``); with ``align``, the ensemble after mapping
-    unseen templates to known ones."""
+    and predict seconds) and of the ensemble of ``voters`` under each vote rule (``ensemble``
+    for the first, ``ensemble:RULE`` for the others; weighted and stacked rules fitted by
+    inner validation of the limited training set, as ``flexlog train`` does); for each voter
+    in ``added``, also the first rule's ensemble with it added (``ensemble+NAME``); with
+    ``align``, the ensemble after mapping unseen templates to known ones."""
     det = make_detector([*voters, *added], params, seed)
     det.fit(ds.limited_train, templates=ds.templates)
     test = ds.test
     y = [s.label for s in test]
     batch = FeatureMemo([s.events for s in test])
-    votes, seconds = {}, {}
+    soft = any(r != "majority" for r in rules)
+    votes, probs, seconds = {}, {}, {}
     for name, voter in det.ensemble.voters:
         start = time.perf_counter()
         votes[name] = np.asarray(voter.predict(batch), dtype=np.int64)
+        if soft and name in voters:
+            probs[name] = voter_scores(voter, batch, soft=True)
         seconds[name] = time.perf_counter() - start
     result = {
         name: {
@@ -128,8 +139,23 @@ def run_one(
         for name, v in votes.items()
     }
     base = {name: votes[name] for name in voters}
-    result["ensemble"] = scores(y, majority_vote(base))
-    result["ensemble"]["predict_seconds"] = sum(seconds[name] for name in voters)
+    validation = None
+    for i, rule in enumerate(rules):
+        key = "ensemble" if i == 0 else f"ensemble:{rule}"
+        if rule == "majority":
+            result[key] = scores(y, majority_vote(base))
+        else:
+            if validation is None:
+                validation = out_of_fold_scores(
+                    lambda: VotingEnsemble(make_voters(voters, params, seed)),
+                    ds.limited_train,
+                    templates=ds.templates,
+                    seed=seed,
+                )
+            rate, _ = deployment_anomaly_rate(ds.limited_train)
+            fitted, _ = fit_rule(rule, validation, anomaly_rate=rate)
+            result[key] = scores(y, fitted.combine({n: probs[n] for n in voters}))
+        result[key]["predict_seconds"] = sum(seconds[name] for name in voters)
     for name in added:
         result[f"ensemble+{name}"] = scores(y, majority_vote({**base, name: votes[name]}))
     if align and ds.templates:
@@ -154,13 +180,14 @@ def run_experiment(
     params: dict | None = None,
     datasets: Path,
     out_dir: Path,
-    test_normal_ratio: float | None = 1.0,
+    test_normal_ratio: float | None = None,
     console: Console | None = None,
     progress: bool = True,
     variants: Sequence | None = None,
     added: Sequence[str] = (),
     jobs: int = 1,
     threads: int = 1,
+    rules: Sequence[str] = ("majority",),
 ) -> dict:
     """Run ``kind`` over all its variants (holdouts or ratios) and seeds; write the report.
 
@@ -186,6 +213,7 @@ def run_experiment(
         "kind": kind,
         "voters": list(voters),
         "added": list(added),
+        "rules": list(rules),
         "params": params or {},
         "test_normal_ratio": test_normal_ratio if kind == "adfa-u" else None,
     }
@@ -212,7 +240,7 @@ def run_experiment(
         bar.update()
 
     shared = (kind, datasets, test_normal_ratio)
-    rest = (voters, params or {}, added)
+    rest = (voters, params or {}, added, tuple(rules))
     if jobs == 1 or len(todo) <= 1:
         before = set_torch_threads(threads)
         try:
@@ -251,7 +279,7 @@ def run_experiment(
 def _models(runs: dict) -> list[str]:
     first = next(iter(next(iter(runs.values())).values()))
     order = [m for m in first if m != ALIGNED and not m.startswith("ensemble")]
-    ensembles = [m for m in first if m.startswith("ensemble+") and m != ALIGNED]
+    ensembles = [m for m in first if m.startswith(("ensemble+", "ensemble:")) and m != ALIGNED]
     return [*order, "ensemble", *ensembles] + ([ALIGNED] if ALIGNED in first else [])
 
 

@@ -447,6 +447,7 @@ def _api_router(service: Service, settings: Settings) -> APIRouter:
                     source=v.source,
                     degraded=v.degraded,
                     abstained=list(v.abstained),
+                    not_asked=list(v.not_asked),
                 )
             )
         answered = [r for r in results if isinstance(r, DetectVerdict)]
@@ -582,6 +583,7 @@ def _info(seq: LogSequence, verdict: Verdict, start: float) -> FlexlogInfo:
         source=verdict.source,
         degraded=verdict.degraded,
         abstained=list(verdict.abstained),
+        not_asked=list(verdict.not_asked),
         events=len(seq.events),
         latency_ms=_ms(start),
     )

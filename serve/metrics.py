@@ -43,12 +43,23 @@ class _DetectorCollector(Collector):
         up = GaugeMetricFamily(
             "flexlog_voter_up", "1 if the voter is answering, 0 if it failed last", labels=["voter"]
         )
+        asked = CounterMetricFamily(
+            "flexlog_voter_asked",
+            "Distinct sequences each voter was asked about (short-circuit voting skips the "
+            "rest; compare with flexlog_sequences_voted)",
+            labels=["voter"],
+        )
         down = detector.unavailable()
         for name in detector.voter_names:
             errors.add_metric([name], stats.voter_errors.get(name, 0))
             up.add_metric([name], 0 if name in down else 1)
+            asked.add_metric([name], stats.asked.get(name, 0))
         yield errors
         yield up
+        yield asked
+        yield CounterMetricFamily(
+            "flexlog_sequences_voted", "Distinct sequences the ensemble voted on", value=stats.voted
+        )
         cache_errors = stats.cache_errors
         cache = detector.cache
         if cache is not None and not cache.closed:

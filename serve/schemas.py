@@ -70,6 +70,10 @@ class FlexlogInfo(BaseModel):
     source: Literal["ensemble", "cache", "human", "voter"]
     degraded: bool = Field(description="some voter could not vote")
     abstained: list[str] = Field(description="the voters that could not vote")
+    not_asked: list[str] = Field(
+        default_factory=list,
+        description="the voters not asked because their vote could no longer change the label",
+    )
     events: int
     latency_ms: float
 
@@ -230,6 +234,10 @@ class DetectVerdict(BaseModel):
     source: Literal["ensemble", "cache", "human", "voter"]
     degraded: bool
     abstained: list[str]
+    not_asked: list[str] = Field(
+        default_factory=list,
+        description="the voters not asked because their vote could no longer change the label",
+    )
 
 
 class DetectError(BaseModel):

@@ -197,7 +197,7 @@ def test_refuses_unknown_voter(bundle: Path) -> None:
     manifest["voters"][1]["voter"] = "svm"
     _write_manifest(bundle, manifest)
     with pytest.raises(
-        BundleError, match=r"unknown voter 'svm'; available: .*deeplog, dt, knn, llm.*slfn"
+        BundleError, match=r"unknown voter 'svm'; available: .*deeplog, dt, et, knn, llm.*slfn"
     ):
         load_bundle(bundle)
 
@@ -219,6 +219,35 @@ def test_refuses_unlisted_voter_file(bundle: Path) -> None:
     _write_manifest(bundle, manifest)
     (bundle / "voters" / "knn" / "vocabulary.json").write_text('{"E5": 0}')
     with pytest.raises(BundleError, match=re.escape("voters/knn/vocabulary.json is not listed")):
+        load_bundle(bundle)
+
+
+def test_vote_rule_and_order_round_trip(trained: Detector, hdfs_small, tmp_path: Path) -> None:
+    from flexlog.training import train_detector
+
+    train, test = hdfs_small
+    det, _ = train_detector(train, ["knn", "dt", "slfn"], rule="stacked", seed=0)
+    loaded = load_bundle(save_bundle(det, tmp_path / "stacked")).detector
+    assert loaded.ensemble.rule.to_json() == det.ensemble.rule.to_json()
+    assert loaded.ensemble.order == det.ensemble.order
+    assert [v.label for v in loaded.vote(test)] == [v.label for v in det.vote(test)]
+
+
+@pytest.mark.parametrize(
+    ("ensemble", "message"),
+    [
+        ({"rule": {"rule": "plurality"}}, "vote rule must be one of"),
+        ({"rule": {"rule": "weighted", "weights": {"knn": "x"}}}, "weight of voter 'knn'"),
+        ({"rule": "majority", "order": ["knn"]}, "order must name every voter once"),
+        ({"rule": "majority", "order": "knn,dt,slfn"}, "order must be a list"),
+        ([1], "'ensemble' must be an object"),
+    ],
+)
+def test_refuses_bad_vote_rule(bundle: Path, ensemble, message: str) -> None:
+    manifest = _manifest(bundle)
+    manifest["ensemble"] = ensemble
+    _write_manifest(bundle, manifest)
+    with pytest.raises(BundleError, match=message):
         load_bundle(bundle)
 
 

@@ -188,7 +188,7 @@ def test_train_unknown_voter(capsys, tmp_path: Path) -> None:
         capsys, "train", "--train", tmp_path / "x", "--voters", "knn,svm", "--out", tmp_path / "B"
     )
     _one_line_error(
-        rc, err, "unknown voter 'svm'", "deeplog, dt, knn, llm, logls, logms, lstm, slfn"
+        rc, err, "unknown voter 'svm'", "deeplog, dt, et, knn, llm, logls, logms, lstm, rf, slfn"
     )
 
 
@@ -206,7 +206,7 @@ def test_score_one_line_per_sequence(capsys, bundle: Path, adfa_data: Path) -> N
     assert [p["id"] for p in preds] == [r["id"] for r in test]
     for p in preds:
         assert p["label"] in (0, 1)
-        assert set(p["votes"]) == {"knn", "dt", "slfn"}
+        assert set(p["votes"]) | set(p.get("not_asked", [])) == {"knn", "dt", "slfn"}
         assert p["verdict"] == ("normal", "anomalous")[p["label"]]
         assert p["label"] == int(sum(p["votes"].values()) >= 2)
     assert not out.with_name(out.name + ".rejected.jsonl").exists()
@@ -378,7 +378,8 @@ def test_voters_lists_builtins(capsys) -> None:
     assert rc == 0
     for name, cls in (("knn", "KNNVoter"), ("dt", "DecisionTreeVoter"), ("slfn", "SLFNVoter")):
         assert name in out and cls in out
-    assert "presets for --voters: ml = knn,dt,slfn; cpu = knn,dt,slfn," in out
+    assert "presets for --voters: default = " in out
+    assert "ml = knn,dt,slfn; cpu = knn,dt,slfn," in out
 
 
 def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

@@ -46,7 +46,10 @@ def test_predict_keeps_input_order(trained: Detector, hdfs_small) -> None:
     expected = majority_vote(votes)
     assert [v.label for v in verdicts] == expected.tolist()
     for i, v in enumerate(verdicts):
-        assert v.votes == {name: int(col[i]) for name, col in votes.items()}
+        # short-circuit voting: the votes asked agree, the rest are reported as not asked
+        every = {name: int(col[i]) for name, col in votes.items()}
+        assert v.votes == {name: every[name] for name in v.votes}
+        assert sorted([*v.votes, *v.not_asked]) == sorted(every)
         assert v.source == "ensemble" and v.cached is False
     assert _fresh(trained).predict([]) == []
 

@@ -14,10 +14,13 @@ from flexlog.ensemble import VotingEnsemble
 from flexlog.features import TemplateCounter, as_event_lists
 from flexlog.voters import (
     DEFAULT_VOTERS,
+    ML_VOTERS,
     RECOMMENDED_CPU_VOTERS,
     DecisionTreeVoter,
+    ExtraTreesVoter,
     FeatureMemo,
     KNNVoter,
+    RandomForestVoter,
     SLFNVoter,
     available_voters,
     make_voter,
@@ -25,7 +28,7 @@ from flexlog.voters import (
     voter_class,
 )
 
-VOTERS = [KNNVoter, DecisionTreeVoter, SLFNVoter]
+VOTERS = [KNNVoter, DecisionTreeVoter, SLFNVoter, RandomForestVoter, ExtraTreesVoter]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +194,8 @@ def test_registry_lists_builtins() -> None:
     assert {"knn", "dt", "slfn"} <= set(voters)
     assert voters["knn"] is KNNVoter and voters["dt"] is DecisionTreeVoter
     assert voters["slfn"] is SLFNVoter
-    assert DEFAULT_VOTERS == ("knn", "dt", "slfn")
+    assert ML_VOTERS == ("knn", "dt", "slfn")
+    assert voters["rf"] is RandomForestVoter and voters["et"] is ExtraTreesVoter
     # the built-ins are also declared as entry points of the installed distribution
     assert {"knn", "dt", "slfn"} <= {ep.name for ep in entry_points(group="flexlog.voters")}
 
@@ -199,7 +203,7 @@ def test_registry_lists_builtins() -> None:
 def test_registry_rejects_unknown_with_list() -> None:
     with pytest.raises(
         ValueError,
-        match=r"unknown voter 'svm'; available: auto-blstm, .*, dt, knn, llm, logls, logms, lstm, slfn",
+        match=r"unknown voter 'svm'; available: auto-blstm, .*, dt, et, knn, llm, logls, logms, lstm, rf, slfn",
     ):
         voter_class("svm")
     with pytest.raises(ValueError, match="unknown voter"):
@@ -221,9 +225,10 @@ def test_parse_voter_list() -> None:
 
 
 def test_voter_presets() -> None:
-    assert parse_voter_list("ml") == list(DEFAULT_VOTERS)
+    assert parse_voter_list("ml") == list(ML_VOTERS)
+    assert parse_voter_list("default") == list(DEFAULT_VOTERS)
     assert parse_voter_list("cpu,llm") == [*RECOMMENDED_CPU_VOTERS, "llm"]
-    assert set(DEFAULT_VOTERS) < set(RECOMMENDED_CPU_VOTERS)
+    assert set(ML_VOTERS) < set(RECOMMENDED_CPU_VOTERS)
     with pytest.raises(ValueError, match="twice"):
         parse_voter_list("ml,knn")
 
@@ -233,10 +238,10 @@ def test_ensemble_votes_match_each_voter(fitted, hdfs_xy) -> None:
     ensemble = VotingEnsemble(list(fitted.items()))
     batch = FeatureMemo(X_test)
     votes = ensemble.votes(batch)
-    assert list(votes) == ["knn", "dt", "slfn"]
+    assert list(votes) == [cls.name for cls in VOTERS]
     for name, voter in fitted.items():
         np.testing.assert_array_equal(votes[name], voter.predict(X_test))
-    # the three voters share one vocabulary: the batch was featurized once
+    # the voters share one vocabulary: the batch was featurized once
     assert len(batch.memo) == 1
 
 

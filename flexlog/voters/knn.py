@@ -20,11 +20,12 @@ class KNNVoter(CountVoter):
         sampling with replacement never sit on both sides of a split.
     candidates : tuple of int
     cv : int
-    scaling : see :class:`flexlog.features.TemplateCounter`.
+    scaling, ngram : see :class:`flexlog.features.TemplateCounter`.
     random_state : int or None
     """
 
     name = "knn"
+    cost = 2.0  # distances to every training vector
     trusted_types = (
         "sklearn.neighbors._classification.KNeighborsClassifier",
         "scipy.sparse._csr.csr_matrix",
@@ -36,12 +37,14 @@ class KNNVoter(CountVoter):
         candidates: tuple[int, ...] = (1, 2, 3, 4, 5, 7, 9),
         cv: int = 5,
         scaling: str = "none",
+        ngram: int = 1,
         random_state: int | None = 0,
     ):
         self.n_neighbors = n_neighbors
         self.candidates = candidates
         self.cv = cv
         self.scaling = scaling
+        self.ngram = ngram
         self.random_state = random_state
 
     def _fit_estimator(self, M, y):

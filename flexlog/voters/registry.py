@@ -8,20 +8,32 @@ from functools import lru_cache
 from importlib import import_module
 from importlib.metadata import entry_points
 
+from flexlog.voters.forest import ExtraTreesVoter, RandomForestVoter
 from flexlog.voters.knn import KNNVoter
 from flexlog.voters.llm import LLMVoter
 from flexlog.voters.slfn import SLFNVoter
 from flexlog.voters.tree import DecisionTreeVoter
 
 ENTRY_POINT_GROUP = "flexlog.voters"
-_BUILTIN = {"knn": KNNVoter, "dt": DecisionTreeVoter, "slfn": SLFNVoter, "llm": LLMVoter}
-DEFAULT_VOTERS = ("knn", "dt", "slfn")
+_BUILTIN = {
+    "knn": KNNVoter,
+    "dt": DecisionTreeVoter,
+    "slfn": SLFNVoter,
+    "rf": RandomForestVoter,
+    "et": ExtraTreesVoter,
+    "llm": LLMVoter,
+}
+#: The FlexLog paper's ML voters.
+ML_VOTERS = ("knn", "dt", "slfn")
+#: What ``flexlog train`` uses without ``--voters`` / ``--rule``.
+DEFAULT_VOTERS = ML_VOTERS
+DEFAULT_RULE = "majority"
 #: The ensemble recommended for CPU-only deployments, chosen by the ADFA-U and SynHDFS-U
 #: figures in the README ("Sequence voters"): the only one measured at least as good as the
 #: ML voters on both, five voters so that no vote ties.
 RECOMMENDED_CPU_VOTERS = ("knn", "dt", "slfn", "auto-blstm", "logms")
 #: Names that stand for a list of voters wherever voters are listed (``--voters cpu,llm``).
-VOTER_PRESETS = {"ml": DEFAULT_VOTERS, "cpu": RECOMMENDED_CPU_VOTERS}
+VOTER_PRESETS = {"default": DEFAULT_VOTERS, "ml": ML_VOTERS, "cpu": RECOMMENDED_CPU_VOTERS}
 #: The LSTM/GRU detectors from the literature (torch), as "module:class".
 NEURAL_VOTERS = {
     "deeplog": "flexlog.voters.deeplog:DeepLogVoter",

@@ -17,7 +17,8 @@ class SLFNVoter(CountVoter):
 
     ``standardize`` scales each count column by its maximum on the training data (sparse-safe),
     which adam needs to converge on raw counts in the thousands; it does not change what the
-    network can represent.
+    network can represent. ``scaling`` and ``ngram``: see
+    :class:`flexlog.features.TemplateCounter`.
     """
 
     name = "slfn"
@@ -38,6 +39,7 @@ class SLFNVoter(CountVoter):
         max_iter: int = 200,
         standardize: bool = True,
         scaling: str = "none",
+        ngram: int = 1,
         random_state: int | None = 0,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -46,6 +48,7 @@ class SLFNVoter(CountVoter):
         self.max_iter = max_iter
         self.standardize = standardize
         self.scaling = scaling
+        self.ngram = ngram
         self.random_state = random_state
 
     def _make_estimator(self):

@@ -10,8 +10,8 @@ from flexlog.voters.base import CountVoter
 class DecisionTreeVoter(CountVoter):
     """A decision tree on template counts.
 
-    Parameters mirror :class:`sklearn.tree.DecisionTreeClassifier`; ``scaling`` is that of
-    :class:`flexlog.features.TemplateCounter`.
+    Parameters mirror :class:`sklearn.tree.DecisionTreeClassifier`; ``scaling`` and ``ngram``
+    are those of :class:`flexlog.features.TemplateCounter`.
     """
 
     name = "dt"
@@ -24,6 +24,7 @@ class DecisionTreeVoter(CountVoter):
         min_samples_leaf: int = 1,
         class_weight: str | None = None,
         scaling: str = "none",
+        ngram: int = 1,
         random_state: int | None = 0,
     ):
         self.criterion = criterion
@@ -31,6 +32,7 @@ class DecisionTreeVoter(CountVoter):
         self.min_samples_leaf = min_samples_leaf
         self.class_weight = class_weight
         self.scaling = scaling
+        self.ngram = ngram
         self.random_state = random_state
 
     def _make_estimator(self):
