@@ -75,7 +75,7 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in rows.items():
         table.add_row(
-            name,
+            name if "asked" not in m or m["asked"] == m["n"] else f"{name} (asked {m['asked']})",
             f"{m['precision']:.3f}",
             f"{m['recall']:.3f}",
             f"[bold]{m['f1']:.3f}[/]",
@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if "fallback" in training:
         err.print(f"[yellow]{escape(training['fallback'])}[/]")
-    elif training["rule"] != "majority":
+    elif "validation" in training:
         err.print(
             f"vote rule {training['rule']} fitted on {training['validation']['scheme']}, for "
             f"an anomaly rate of {training['anomaly_rate']:.3f} "
@@ -345,30 +345,50 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         _write_rejections(out_path, report)
     stats = bundle.detector.stats
-    err.print(f"cache hits {stats.cache_hits}, voted {stats.voted} distinct sequences")
+    share = ", ".join(f"{n} {100 * v:.0f} %" for n, v in bundle.detector.asked_share().items())
+    err.print(
+        f"cache hits {stats.cache_hits}, voted {stats.voted} distinct sequences"
+        + (f"; asked per voter: {share}" if share else "")
+    )
     if bundle.detector.cache is not None:
         bundle.detector.cache.close()
     return 0
 
 
 # -- evaluate ------------------------------------------------------------------------------
-def _evaluate(detector, test_path: Path, templates=None, bundle=None) -> dict:
-    from flexlog.ensemble import majority_vote
-    from flexlog.evaluate import per_voter_scores
+def _evaluate(
+    detector, test_path: Path, templates=None, bundle=None, *, all_votes: bool = False
+) -> dict:
+    """Scores of the ensemble and of each voter on a labelled file. Voting short-circuits
+    (each voter's scores are on the sequences it was asked about, ``asked`` of them) unless
+    ``all_votes``; long runs show progress (sequences done, rate, ETA)."""
+    from flexlog.detector import Detector
+    from flexlog.evaluate import scores as score
 
     seqs, report = read_jsonl(test_path, require_label=True)
     if not seqs:
         raise CliError(f"{test_path}: no usable labelled sequences ({report.summary()})")
     if bundle is not None:
         seqs, _ = _aligned(bundle, seqs, templates)
-    votes = detector.ensemble.votes([s.events for s in seqs])
+    voting = Detector(detector.ensemble, short_circuit=not all_votes)
+    batch = 64 if "llm" in voting.voter_names else 4096
+    verdicts = []
+    with tqdm(total=len(seqs), desc="evaluating", unit="seq", disable=len(seqs) < 1000) as bar:
+        for start in range(0, len(seqs), batch):
+            part = seqs[start : start + batch]
+            verdicts.extend(voting.vote(part))
+            bar.update(len(part))
     y = [s.label for s in seqs]
-    result = per_voter_scores(y, votes, majority_vote(votes))
-    if detector.cache is not None:  # what the service would answer, human corrections included
-        result["with_cache"] = per_voter_scores(y, {}, [v.label for v in detector.predict(seqs)])[
-            "ensemble"
+    result = {"ensemble": score(y, [v.label for v in verdicts])}
+    for name in voting.voter_names:
+        asked = [
+            (s.label, v.votes[name]) for s, v in zip(seqs, verdicts, strict=True) if name in v.votes
         ]
-    return {"scores": result, "report": report}
+        if asked:
+            result[name] = {**score(*zip(*asked, strict=True)), "asked": len(asked)}
+    if detector.cache is not None:  # what the service would answer, human corrections included
+        result["with_cache"] = score(y, [v.label for v in detector.predict(seqs)])
+    return {"scores": result, "report": report, "asked_share": voting.asked_share()}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -380,7 +400,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle.detector.cache = _open_cache(args, bundle_path) if args.cache else None
     templates = read_templates(args.templates) if args.templates else None
     try:
-        res = _evaluate(bundle.detector, Path(args.test), templates, bundle)
+        res = _evaluate(
+            bundle.detector, Path(args.test), templates, bundle, all_votes=args.all_votes
+        )
     finally:
         if bundle.detector.cache is not None:
             bundle.detector.cache.close()
@@ -391,6 +413,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         payload = {**ens, "voters": voters}
         if "with_cache" in scores:
             payload["with_cache"] = scores["with_cache"]
+        payload["asked_share"] = res["asked_share"]
         payload["input"] = {
             "read": report.read,
             "accepted": report.accepted,
@@ -401,6 +424,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if report.rejected:
             _print_report(report)
         out.print(_metrics_table(f"{args.test} ({report.accepted} sequences)", scores))
+        share = ", ".join(f"{n} {100 * v:.0f} %" for n, v in res["asked_share"].items())
+        out.print(
+            f"rule {bundle.detector.ensemble.rule.name}; distinct sequences asked per voter: "
+            f"{share}" + ("" if args.all_votes else " (short-circuit voting; --all-votes asks all)")
+        )
     return 0
 
 
@@ -726,6 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--templates", help="EventId,EventTemplate CSV of the test events")
     e.add_argument("--cache", action="store_true", help="also report answers through the cache")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--all-votes",
+        action="store_true",
+        help="ask every voter about every sequence (per-voter scores on the whole file; the "
+        "ensemble's labels are the same)",
+    )
     e.set_defaults(func=cmd_evaluate, no_cache=False)
 
     c = sub.add_parser("cache", help="inspect or correct the sequence cache")
