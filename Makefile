@@ -14,7 +14,7 @@ DATA   ?= $(DEMO)/data/limited_train.jsonl
 FINETUNE_OUT ?= runs/finetune-$(RECIPE)
 BUNDLE ?= $(FINETUNE_OUT)/bundle
 
-.PHONY: install install-llm demo test lint format bench experiments experiments-seq finetune serve clean
+.PHONY: install install-llm demo test lint format bench experiments experiments-seq experiments-llm report finetune serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ install-llm: $(LLM_STAMP)
 ## The main job on the shipped ADFA-LD sample: build ADFA-U, train, evaluate, score.
 demo: $(STAMP)
 	$(FLEXLOG) dataset build adfa-u --holdout $(HOLDOUT) --source examples/adfa-ld-sample --out $(DEMO)/data
-	$(FLEXLOG) train --train $(DEMO)/data/limited_train.jsonl --voters knn,dt,slfn --out $(DEMO)/bundle --force
+	$(FLEXLOG) train --train $(DEMO)/data/limited_train.jsonl --out $(DEMO)/bundle --force
 	$(FLEXLOG) evaluate --bundle $(DEMO)/bundle --test $(DEMO)/data/test.jsonl
 	$(FLEXLOG) score --bundle $(DEMO)/bundle --input $(DEMO)/data/test.jsonl --out $(DEMO)/predictions.jsonl
 
@@ -56,11 +56,33 @@ test: lint $(LLM_STAMP)
 bench: $(STAMP)
 	$(FLEXLOG) bench --out runs/bench
 
-## The ULAD figures of the README (5 seeds each).
+## The ULAD figures of the README (5 seeds each, resumable): the paper's ML voters and the
+## default ensemble under each vote rule on ADFA-U (paper protocol) and SynHDFS-U; ADFA-U by
+## training-set size (50 to 2,000 samples) and without de-duplication; template evolution.
+RULES := majority,weighted,stacked
+DEFAULT_RULES := majority,stacked,weighted
+SIZES := 25 250 750 1000
 experiments: $(STAMP)
-	$(FLEXLOG) experiment adfa-u --out runs/adfa-u
-	$(FLEXLOG) experiment synhdfs-u --out runs/synhdfs-u
+	$(FLEXLOG) experiment adfa-u --voters ml --rules $(RULES) --out runs/adfa-u-ml
+	$(FLEXLOG) experiment adfa-u --voters default --rules $(DEFAULT_RULES) --out runs/adfa-u-default
+	$(FLEXLOG) experiment synhdfs-u --voters ml --rules $(RULES) --out runs/synhdfs-u-ml
+	$(FLEXLOG) experiment synhdfs-u --voters default --rules $(DEFAULT_RULES) --out runs/synhdfs-u-default
+	for n in $(SIZES); do \
+	  $(FLEXLOG) experiment adfa-u --voters default --rules majority,stacked --per-class $$n \
+	    --out runs/adfa-u-size-$$n || exit 1; \
+	done
+	$(FLEXLOG) experiment adfa-u --voters default --rules majority,stacked --no-dedup --out runs/adfa-u-nodedup
 	$(FLEXLOG) experiment template-evolution --out runs/template-evolution
+
+## The LLM voter on ADFA-U, paper protocol, full test sets, 3 seeds (resumable, two at a time);
+## the ensembles ask it only where short-circuit voting needs it.
+LLM_SEEDS ?= 0,1,2
+experiments-llm: $(LLM_STAMP)
+	$(PY) -m finetune.experiment --recipe $(RECIPE) --steps 100 --seeds $(LLM_SEEDS) --jobs 2 --threads 1 --out runs/llm-adfa-u
+
+## The README's results (tables, plots in docs/results/) from whatever is in runs/.
+report: $(STAMP)
+	$(FLEXLOG) report --runs runs --out docs/results --readme README.md
 
 ## The LSTM/GRU voters alone and added to the ensemble (5 seeds, two runs at a time; resumable).
 SEQ_VOTERS := deeplog,logls,logms,auto-lstm,auto-blstm,auto-gru,lstm

@@ -111,15 +111,15 @@ class Recipe:
         prompt, domain and retrieval); ``params`` override its other settings."""
         from flexlog.voters.llm import LLMVoter
 
-        return LLMVoter(
-            model=self.base_model,
-            adapter=str(adapter),
-            domain=self.domain,
-            prompt=self.prompt,
-            retrieval=self.retrieval,
-            random_state=self.seed,
-            **params,
-        )
+        settings = {
+            "model": self.base_model,
+            "adapter": str(adapter),
+            "domain": self.domain,
+            "prompt": self.prompt,
+            "retrieval": self.retrieval,
+            "random_state": self.seed,
+        }
+        return LLMVoter(**{**settings, **params})
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed, validated like a file."""

@@ -119,10 +119,10 @@ def knowledge_source(recipe: Recipe):
     when the recipe trains without retrieval)."""
     if not recipe.retrieval:
         return None
-    from flexlog.voters.llm import LLMVoter
+    from flexlog.llm.prompting import Retriever
 
-    voter = LLMVoter(domain=recipe.domain, prompt=recipe.prompt, retrieval=True)
-    return lambda seq: voter.knowledge_for(seq.events)
+    retriever = Retriever(recipe.domain)
+    return lambda seq: retriever(seq.events)
 
 
 def calibrate(adapter: Path, recipe: Recipe, validation: list) -> dict:

@@ -593,7 +593,7 @@ def _bench_llm(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from flexlog.experiment import run_experiment
+    from flexlog.experiment import AdfaOptions, run_experiment
     from flexlog.voters.registry import parse_voter_list
 
     voters = parse_voter_list(args.voters)
@@ -618,15 +618,38 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             params=_parse_params(args.param, [*voters, *added]),
             datasets=Path(args.datasets),
             out_dir=Path(args.out),
-            test_normal_ratio=None
-            if args.test_normal_ratio == "all"
-            else float(args.test_normal_ratio),
+            adfa=AdfaOptions(
+                test_normal_ratio=None
+                if args.test_normal_ratio == "all"
+                else float(args.test_normal_ratio),
+                per_class=args.per_class,
+                dedup=not args.no_dedup,
+            ),
             console=out,
             jobs=args.jobs,
             threads=args.threads,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flexlog.report import build_report, update_readme
+
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise CliError(f"{runs}: no such runs directory (run the experiments first)")
+    markdown = build_report(runs, Path(args.out))
+    (Path(args.out) / "results.md").write_text(markdown, encoding="utf-8")
+    if args.readme:
+        try:
+            update_readme(Path(args.readme), markdown)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+    out.print(
+        f"report written to {args.out}/results.md" + (f" and {args.readme}" if args.readme else "")
+    )
     return 0
 
 
@@ -805,6 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--batch-size", type=int, default=8)
     bn.set_defaults(func=cmd_bench)
 
+    rp = sub.add_parser("report", help="tables and plots of the experiment runs (make report)")
+    rp.add_argument("--runs", default="runs", help="folder of experiment runs (results.json)")
+    rp.add_argument("--out", default="docs/results", help="folder for results.md and the plots")
+    rp.add_argument("--readme", help="also replace the results between the README's markers")
+    rp.set_defaults(func=cmd_report)
+
     x = sub.add_parser("experiment", help="ULAD experiment: voters and ensemble over seeds")
     x.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
     x.add_argument("--seeds", type=int, default=5)
@@ -832,6 +861,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="adfa-u: 'all' held-out normals test (the paper's protocol, default), or that "
         "many normals per attack (non-paper)",
+    )
+    x.add_argument(
+        "--per-class",
+        type=int,
+        default=500,
+        help="adfa-u: limited training set per class (default 500: 1,000 samples, the paper's)",
+    )
+    x.add_argument(
+        "--no-dedup",
+        action="store_true",
+        help="adfa-u: keep test traces that also occur in training (the paper's comparison)",
     )
     x.add_argument("--datasets", default=str(DATASETS))
     x.add_argument("--out", default=None, help="report directory (default runs/experiment-KIND)")

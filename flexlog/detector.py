@@ -220,20 +220,24 @@ class Detector:
         elapsed = time.perf_counter() - start
         names = list(poll.votes)
         columns = [poll.votes[name].tolist() for name in names]
-        abstained = tuple(poll.abstained)
-        unasked = [n for n in self.voter_names if n not in poll.abstained]
+        missed = {name: mask.tolist() for name, mask in poll.missed.items()}
         answers: list[Verdict | None] = [None] * len(batch)
-        fresh = []
+        fresh, degraded = [], 0
         for j, key in enumerate(unique):
             vote = {name: col[j] for name, col in zip(names, columns, strict=True) if col[j] >= 0}
-            not_asked = tuple(n for n in unasked if n not in vote)
+            # a voter that failed only degrades the answers it was needed for
+            abstained = tuple(name for name, rows in missed.items() if rows[j])
+            not_asked = tuple(n for n in self.voter_names if n not in vote and n not in abstained)
             label = int(labels[j])
-            fresh.append((key, label, vote))
+            if abstained:
+                degraded += 1
+            else:
+                fresh.append((key, label, vote))
             for i in pending[key]:
                 answers[i] = Verdict(
                     batch[i].id, label, vote, False, "ensemble", abstained, not_asked
                 )
-        if self.cache is not None and not poll.degraded:
+        if self.cache is not None and fresh:
             self._cache_add(fresh)
         with self._lock:
             self.stats.sequences += len(batch)
@@ -241,8 +245,7 @@ class Detector:
             self.stats.vote_seconds += elapsed
             for name, k in poll.asked.items():
                 self.stats.asked[name] = self.stats.asked.get(name, 0) + k
-            if poll.degraded:
-                self.stats.degraded += len(unique)
+            self.stats.degraded += degraded
         return answers  # type: ignore[return-value]
 
     def predict_voter(self, batch: Sequence[LogSequence], name: str) -> list[Verdict]:

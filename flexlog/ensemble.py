@@ -61,13 +61,15 @@ class NoVotersError(RuntimeError):
 @dataclass(frozen=True)
 class Poll:
     """The answers about one batch: per voter that voted, a 0/1 vote per sequence
-    (:data:`NOT_ASKED` where the rule no longer needed it), why the others abstained, and
-    the labels (None when no voter voted)."""
+    (:data:`NOT_ASKED` where the rule no longer needed it), why the others abstained and on
+    which sequences their vote was missed (``missed``: a boolean mask per abstaining voter),
+    and the labels (None when no voter voted)."""
 
     votes: dict[str, np.ndarray]
     abstained: dict[str, str] = field(default_factory=dict)
     decided: np.ndarray | None = None
     asked: dict[str, int] = field(default_factory=dict)
+    missed: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:
@@ -181,6 +183,7 @@ class VotingEnsemble:
         acc = rule.start(n)
         votes: dict[str, np.ndarray] = {}
         abstained: dict[str, str] = {}
+        missed: dict[str, np.ndarray] = {}
         asked: dict[str, int] = {}
         open_ = np.arange(n)
         # a label only settles once some voter has voted on it (not on abstentions alone)
@@ -193,6 +196,7 @@ class VotingEnsemble:
                 continue
             if name in skip:
                 abstained[name] = skip[name]
+                missed[name] = np.isin(np.arange(n), open_)
                 rule.abstain(acc, open_, name)
                 continue
             batch = seqs if len(open_) == n else FeatureMemo([seqs[i] for i in open_])
@@ -200,6 +204,7 @@ class VotingEnsemble:
                 scores = voter_scores(members[name], batch, soft)
             except tolerate as exc:
                 abstained[name] = f"{type(exc).__name__}: {exc}"
+                missed[name] = np.isin(np.arange(n), open_)
                 rule.abstain(acc, open_, name)
                 continue
             rule.add(acc, open_, name, scores)
@@ -209,7 +214,7 @@ class VotingEnsemble:
             votes[name] = column
             asked[name] = len(open_)
         decided = rule.labels(acc) if votes else None
-        return Poll({k: votes[k] for k in names if k in votes}, abstained, decided, asked)
+        return Poll({k: votes[k] for k in names if k in votes}, abstained, decided, asked, missed)
 
     def predict(self, X) -> np.ndarray:
         return self.poll(X).labels()

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +28,16 @@ from flexlog.voters.base import FeatureMemo
 ALIGNED = "ensemble+align"
 
 
-def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
+@dataclass(frozen=True)
+class AdfaOptions:
+    """How ADFA-U is built for an experiment: the paper's protocol unless told otherwise."""
+
+    test_normal_ratio: float | None = None
+    per_class: int = 500
+    dedup: bool = True
+
+
+def _builders(kind: str, datasets: Path, adfa: AdfaOptions):
     """(variant names, build(variant, seed) -> UladDataset) for one kind of experiment."""
     from flexlog.data import ulad
 
@@ -38,7 +48,12 @@ def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
 
         def build(variant, seed):
             return ulad.build_adfa_u(
-                corpus, variant, seed=seed, test_normal_ratio=test_normal_ratio
+                corpus,
+                variant,
+                seed=seed,
+                test_normal_ratio=adfa.test_normal_ratio,
+                per_class=adfa.per_class,
+                dedup=adfa.dedup,
             )
 
         return list(ATTACK_TYPES), build
@@ -65,8 +80,8 @@ def _builders(kind: str, datasets: Path, test_normal_ratio: float | None):
 
 
 @lru_cache(maxsize=4)
-def _cached_builders(kind: str, datasets: Path, test_normal_ratio: float | None):
-    return _builders(kind, datasets, test_normal_ratio)
+def _cached_builders(kind: str, datasets: Path, adfa: AdfaOptions):
+    return _builders(kind, datasets, adfa)
 
 
 def set_torch_threads(threads: int) -> int | None:
@@ -85,7 +100,7 @@ def set_torch_threads(threads: int) -> int | None:
 def _run_cell(
     kind: str,
     datasets: Path,
-    test_normal_ratio: float | None,
+    adfa: AdfaOptions,
     variant,
     seed: int,
     voters: Sequence[str],
@@ -94,7 +109,7 @@ def _run_cell(
     rules: Sequence[str] = ("majority",),
 ) -> tuple[dict, dict]:
     """One (variant, seed) run, in this process or a worker: (scores, dataset info)."""
-    ds = _cached_builders(kind, datasets, test_normal_ratio)[1](variant, seed)
+    ds = _cached_builders(kind, datasets, adfa)[1](variant, seed)
     result = run_one(
         ds, voters, params, seed, align=kind == "template-evolution", added=added, rules=rules
     )
@@ -180,7 +195,7 @@ def run_experiment(
     params: dict | None = None,
     datasets: Path,
     out_dir: Path,
-    test_normal_ratio: float | None = None,
+    adfa: AdfaOptions | None = None,
     console: Console | None = None,
     progress: bool = True,
     variants: Sequence | None = None,
@@ -200,7 +215,8 @@ def run_experiment(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
     console = console or Console()
-    names, _ = _cached_builders(kind, datasets, test_normal_ratio)
+    adfa = adfa or AdfaOptions()
+    names, _ = _cached_builders(kind, datasets, adfa)
     if variants is not None:
         wanted = {str(v) for v in variants}
         unknown = wanted - {str(n) for n in names}
@@ -215,7 +231,7 @@ def run_experiment(
         "added": list(added),
         "rules": list(rules),
         "params": params or {},
-        "test_normal_ratio": test_normal_ratio if kind == "adfa-u" else None,
+        "adfa": asdict(adfa) if kind == "adfa-u" else None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     progress_path = out_dir / "progress.json"
@@ -239,7 +255,7 @@ def run_experiment(
         progress_path.write_text(json.dumps({"config": config, "runs": done}, default=float))
         bar.update()
 
-    shared = (kind, datasets, test_normal_ratio)
+    shared = (kind, datasets, adfa)
     rest = (voters, params or {}, added, tuple(rules))
     if jobs == 1 or len(todo) <= 1:
         before = set_torch_threads(threads)

@@ -30,6 +30,8 @@ from flexlog.voters.base import FeatureMemo
 #: Fewest anomaly groups a group-holdout validation needs; with fewer, clusters are used.
 MIN_GROUPS = 2
 MAX_FOLDS = 8
+#: Inverse regularization strength of the stacked rule's logistic combiner.
+STACKING_C = 0.1
 
 
 @dataclass
@@ -207,14 +209,20 @@ def fit_rule(
         )
         pred = rule.combine(validation.scores)
     else:
-        lr = LogisticRegression(C=1.0, max_iter=1000).fit(S, y, sample_weight=w)
-        z = lr.decision_function(S)
+        # log-odds of the voters, a strongly regularized combiner: the validation set is
+        # small and the voters are correlated
+        link = StackedRule(coef=dict.fromkeys(names, 1.0))
+        L = link.transform(S)
+        lr = LogisticRegression(C=STACKING_C, max_iter=1000).fit(L, y, sample_weight=w)
+        z = lr.decision_function(L)
         cut, _ = best_f1_threshold(z, y, sample_weight=w)
         rule = StackedRule(
             thresholds=thresholds,
             coef={n: float(c) for n, c in zip(names, lr.coef_[0], strict=True)},
             bias=float(lr.intercept_[0] - cut),
             fill={n: float(np.average(S[:, j], weights=w)) for j, n in enumerate(names)},
+            link=link.link,
+            smoothing=link.smoothing,
         )
         pred = rule.combine(validation.scores)
     from flexlog.evaluate import scores as score

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RULES = ("majority", "weighted", "stacked")
+LINKS = ("logit", "identity")
 #: Margin kept from a decision boundary before a sequence counts as settled, so summing
 #: floating-point scores in another order can never flip a settled label.
 _EPS = 1e-9
@@ -185,13 +186,19 @@ class MajorityRule(WeightedRule):
 
 @dataclass
 class StackedRule(VoteRule):
-    """A logistic combiner: anomalous when ``bias + Σ coef·score > 0``. A voter with no
-    coefficient does not count; one that abstains counts with its ``fill`` (its mean
-    validation score)."""
+    """A logistic combiner: anomalous when ``bias + Σ coef·link(score) > 0``.
+
+    ``link`` "logit" (the default) combines the voters' log-odds, ``log((s + ε) / (1 + ε - s))``
+    with ``ε = smoothing``, so a sure voter (0 or 1) counts as much as ±log((1 + ε) / ε) and no
+    more; "identity" combines the scores as they are. A voter with no coefficient does not
+    count; one that abstains counts with its ``fill`` (its mean validation score).
+    """
 
     coef: dict[str, float] = field(default_factory=dict)
     bias: float = 0.0
     fill: dict[str, float] = field(default_factory=dict)
+    link: str = "logit"
+    smoothing: float = 0.02
 
     name = "stacked"
     soft = True
@@ -204,28 +211,48 @@ class StackedRule(VoteRule):
             raise ValueError(f"bias must be a finite number, got {self.bias!r}")
         if not self.coef:
             raise ValueError("a stacked rule needs at least one coefficient")
+        if self.link not in LINKS:
+            raise ValueError(f"link must be one of {', '.join(LINKS)}, got {self.link!r}")
+        if isinstance(self.smoothing, bool) or not 0 < self.smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing!r}")
+
+    def transform(self, scores) -> np.ndarray:
+        """Scores in [0, 1] through the link."""
+        s = np.clip(np.asarray(scores, dtype=float), 0.0, 1.0)
+        if self.link == "identity":
+            return s
+        eps = self.smoothing
+        return np.log((s + eps) / (1.0 + eps - s))
+
+    def _span(self) -> tuple[float, float]:
+        """The range of a transformed score."""
+        low, high = self.transform([0.0, 1.0])
+        return float(low), float(high)
 
     def start(self, n: int) -> dict[str, np.ndarray]:
         return {"z": np.full(n, float(self.bias))}
 
     def add(self, acc, idx, name, scores) -> None:
-        acc["z"][idx] += self.coef.get(name, 0.0) * np.asarray(scores, dtype=float)
+        acc["z"][idx] += self.coef.get(name, 0.0) * self.transform(scores)
 
     def abstain(self, acc, idx, name) -> None:
-        acc["z"][idx] += self.coef.get(name, 0.0) * self.fill.get(name, 0.5)
+        acc["z"][idx] += self.coef.get(name, 0.0) * self.transform(self.fill.get(name, 0.5))
 
     def settled(self, acc, remaining):
         z = acc["z"]
         if not remaining:
             return np.ones(len(z), dtype=bool), (z > 0).astype(np.int64)
-        low = z + sum(min(0.0, self.coef.get(n, 0.0)) for n in remaining)
-        high = z + sum(max(0.0, self.coef.get(n, 0.0)) for n in remaining)
+        lo, hi = self._span()
+        coefs = [self.coef.get(n, 0.0) for n in remaining]
+        low = z + sum(min(c * lo, c * hi) for c in coefs)
+        high = z + sum(max(c * lo, c * hi) for c in coefs)
         anomalous = low > _EPS
         return anomalous | (high <= -_EPS), anomalous.astype(np.int64)
 
     def with_voter(self, name: str) -> StackedRule:
         """A voter that joins later gets the median positive coefficient, centred so that a
-        score of 0.5 leaves every decision as it was (``bias`` moves by ``-coef/2``)."""
+        score of 0.5 leaves every decision as it was (``bias`` moves by ``-coef·link(0.5)``,
+        which is 0 for the logit link)."""
         if name in self.coef:
             return self
         positive = [c for c in self.coef.values() if c > 0] or [1.0]
@@ -233,8 +260,10 @@ class StackedRule(VoteRule):
         return StackedRule(
             thresholds=dict(self.thresholds),
             coef={**self.coef, name: c},
-            bias=self.bias - c / 2,
+            bias=self.bias - c * float(self.transform(0.5)),
             fill={**self.fill, name: 0.5},
+            link=self.link,
+            smoothing=self.smoothing,
         )
 
     def to_json(self) -> dict:
@@ -243,6 +272,8 @@ class StackedRule(VoteRule):
             "coef": dict(self.coef),
             "bias": self.bias,
             "fill": dict(self.fill),
+            "link": self.link,
+            "smoothing": self.smoothing,
         }
 
 

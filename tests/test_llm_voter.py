@@ -16,7 +16,7 @@ pytest.importorskip("sentence_transformers")
 
 from flexlog.bundle import load_bundle, save_bundle
 from flexlog.data.adfa import load_adfa
-from flexlog.detector import make_detector
+from flexlog.detector import Detector, make_detector
 from flexlog.voters.llm import LLMVoter
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "adfa-ld-sample"
@@ -84,11 +84,17 @@ def test_unseen_template_retrieves_its_nearest_relative():
 def test_detector_with_llm_round_trips_through_a_bundle(adfa_small, tmp_path):
     params = {"llm": {"domain": "syscalls", "max_prompt_tokens": 384, "batch_size": 4}}
     detector = make_detector(["knn", "dt", "slfn", "llm"], params, seed=0).fit(adfa_small)
-    verdicts = detector.predict(adfa_small[:4])
+    assert detector.ensemble.order[-1] == "llm"  # the costliest voter is asked last
+    every = Detector(detector.ensemble, short_circuit=False)
+    verdicts = every.predict(adfa_small[:4])
     assert all(set(v.votes) == {"knn", "dt", "slfn", "llm"} for v in verdicts)
+    # short-circuit voting: the same labels; the LLM only where the others split 2-1
+    fewer = detector.predict(adfa_small[:4])
+    assert [v.label for v in fewer] == [v.label for v in verdicts]
+    assert all(("llm" in v.votes) != ("llm" in v.not_asked) for v in fewer)
     path = save_bundle(detector, tmp_path / "bundle")
     assert (path / "voters" / "llm" / "knowledge" / "knowledge.faiss").is_file()
-    loaded = load_bundle(path).detector
+    loaded = Detector(load_bundle(path).detector.ensemble, short_circuit=False)
     again = loaded.predict(adfa_small[:4])
     assert [v.votes for v in again] == [v.votes for v in verdicts]
 

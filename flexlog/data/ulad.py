@@ -83,9 +83,12 @@ def _finish(
     limited: str,
     templates: dict[str, str] | None,
     info: dict,
+    dedup: bool = True,
     **limited_kw,
 ) -> UladDataset:
     kept, ratio = dedup_against(train, test)
+    if not dedup:  # the paper's "without de-duplication" comparison: the ratio is still told
+        kept = list(test)
     limited_train = _limited(train, limited, seed, **limited_kw)
     info = {
         **info,
@@ -94,6 +97,7 @@ def _finish(
         "limited_strategy": limited,
         **{f"limited_{k}": v for k, v in limited_kw.items()},
         "duplication_ratio": round(ratio, 6),
+        "deduplicated": dedup,
         "test_before_dedup": _counts(test),
         "train": _counts(train),
         "limited_train": _counts(limited_train),
@@ -108,8 +112,8 @@ PAPER_NORMAL_TRAIN_FRACTION = 0.8
 
 
 def adfa_protocol(normal_train_fraction: float, test_normal_ratio: float | None) -> str:
-    """ "paper" for the FlexLog paper's ADFA-U split, otherwise a name that says how it differs
-    (figures on such a split are not comparable with published ones)."""
+    """The name of an ADFA-U split: "paper" for the FlexLog paper's, otherwise one that says how
+    it differs (figures on such a split are not comparable with published ones)."""
     parts = []
     if normal_train_fraction != PAPER_NORMAL_TRAIN_FRACTION:
         parts.append(f"{normal_train_fraction:g} of normals train")
@@ -127,6 +131,7 @@ def build_adfa_u(
     test_normal_ratio: float | None = None,
     limited: str = "balanced",
     per_class: int = 500,
+    dedup: bool = True,
 ) -> UladDataset:
     """ADFA-U for one held-out attack type (paper names: adduser, hydraFTP, hydraSSH, java,
     meter, web).
@@ -138,6 +143,8 @@ def build_adfa_u(
     decides the F1. ``test_normal_ratio`` instead samples that many de-duplicated test normals
     per held-out attack trace (1.0: a balanced test set): a non-paper protocol, named so in
     ``info["protocol"]``. Anomalous traces carry their attack type as ``group``.
+    ``per_class`` sizes the limited training set (500 + 500, the paper's); ``dedup=False``
+    keeps test traces that also occur in training (the paper's RQ on de-duplication).
     """
     if holdout not in ATTACK_TYPES:
         raise ValueError(f"holdout must be one of {', '.join(ATTACK_TYPES)}, got {holdout!r}")
@@ -176,6 +183,7 @@ def build_adfa_u(
         limited=limited,
         templates=None,
         info=info,
+        dedup=dedup,
         **({"per_class": per_class} if limited == "balanced" else {}),
     )
 
@@ -211,6 +219,35 @@ def _split_hdfs(
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+#: What SynHDFS-U and template evolution take from the paper and where the offline data make
+#: them differ; written into ``info.json`` as ``protocol``.
+HDFS_PROTOCOL = {
+    "follows_paper": [
+        "HDFS block sessions as template-id sequences",
+        "test sequences changed in the given ratio (5/10/20/30 %), training left as it is",
+        "test de-duplicated against training",
+        "limited training set: every unique anomaly + 20 % of the unique normal sessions",
+    ],
+    "differs_because_of_offline_data": [
+        "only the 4,855 normal sessions of the DeepLog files exist offline (HDFS v1 has "
+        "558,223): both splits are built from them, anomalous sessions are sampled to "
+        "--anomaly-rate (default 10 %; HDFS v1 has 2.9 %)",
+        "normal sessions split at random, --train-fraction (default 0.5) to training",
+    ],
+}
+TEMPLATE_EVOLUTION_PROTOCOL = {
+    "follows_paper": [
+        "SYNEVOL-style template changes: one word added, removed or replaced",
+        "the evolved templates get new keys; their texts are in templates.csv",
+    ],
+    "differs_because_of_offline_data": [
+        "LOGEVOL (Spark/Hadoop versions) is not available offline: HDFS sessions, split as "
+        "for SynHDFS-U, stand in for it",
+        *HDFS_PROTOCOL["differs_because_of_offline_data"],
+    ],
+}
 
 
 def label_neutral_templates(train: Sequence[LogSequence]) -> set[str]:
@@ -293,6 +330,7 @@ def build_synhdfs_u(
                 done["no_place"] += 1
         evolved.append(seq)
     info = {
+        "protocol": HDFS_PROTOCOL,
         "ratio": ratio,
         "train_fraction": train_fraction,
         "anomaly_rate": anomaly_rate,
@@ -374,6 +412,7 @@ def build_template_evolution(
             used[variant[target]] += 1
         evolved.append(seq)
     info = {
+        "protocol": TEMPLATE_EVOLUTION_PROTOCOL,
         "ratio": ratio,
         "train_fraction": train_fraction,
         "anomaly_rate": anomaly_rate,

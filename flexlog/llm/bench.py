@@ -74,7 +74,8 @@ def run_llm_bench(
     console: Console | None = None,
 ) -> dict:
     """Score ``n`` prompts with each backend; returns (and writes to ``out_dir``) the report."""
-    from flexlog.voters.llm import LLMVoter
+    from flexlog.llm.backends import make_backend
+    from flexlog.llm.prompting import PromptAssembler, Retriever
 
     unknown = sorted(set(backends) - set(LLM_BENCH_BACKENDS))
     if unknown:
@@ -82,18 +83,17 @@ def run_llm_bench(
     if n < 1:
         raise ValueError(f"the bench needs at least one sequence, got {n}")
     console = console or Console(stderr=True)
-    voter = LLMVoter(
-        model=model,
-        adapter=adapter,
-        domain="syscalls",
-        max_prompt_tokens=max_prompt_tokens,
-        batch_size=batch_size,
-    ).fit([])
     sequences = bench_sequences(datasets, n)
-    conversations = voter.conversations(sequences)
-    tokens = [voter._backend().count_tokens(c[0]["content"]) for c in conversations]
-    voter._backend().close()
-    template = voter.template_
+    with make_backend("transformers", model=model, adapter=adapter) as tokenizer:
+        assembler = PromptAssembler(
+            domain="syscalls",
+            max_tokens=max_prompt_tokens,
+            count_tokens=tokenizer.count_tokens,
+            retriever=Retriever("syscalls"),
+        )
+        conversations = assembler.conversations(sequences)
+        tokens = [tokenizer.count_tokens(c[0]["content"]) for c in conversations]
+    template = assembler.template
     rows: dict[str, dict] = {}
     reference: list[int] | None = None
     for name in backends:

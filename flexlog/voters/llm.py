@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,6 +22,7 @@ from flexlog.features import as_event_lists
 from flexlog.llm.backends import BACKENDS, make_backend
 from flexlog.llm.decoding import LabelDecision, with_threshold
 from flexlog.llm.prompt import PromptTemplate
+from flexlog.llm.prompting import PromptAssembler, Retriever
 from flexlog.thresholds import best_f1_threshold
 from flexlog.voters.base import BundleFormatError, check_labels
 
@@ -149,17 +149,12 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             )
         return self.backend_
 
-    def _index(self):
+    def _retriever(self) -> Retriever | None:
         if not self.retrieval:
             return None
-        if getattr(self, "index_", None) is None:
-            try:
-                from flexlog.rag import Embedder, KnowledgeCorpus, KnowledgeIndex
-            except ImportError as exc:  # the "llm" extra is not installed
-                raise ValueError(f"retrieval needs the 'llm' extra of flexlog: {exc}") from exc
-            corpus = KnowledgeCorpus.load()
-            self.index_ = KnowledgeIndex.build(corpus, Embedder())
-        return self.index_
+        if getattr(self, "retriever_", None) is None:
+            self.retriever_ = Retriever(self.domain, self.knowledge_system)
+        return self.retriever_
 
     def fit(self, X, y=None, templates: dict[str, str] | None = None) -> LLMVoter:
         """Validate the configuration and build the retrieval index. The model itself is
@@ -171,7 +166,9 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             self.add_templates(templates)
         self._validate()
         self.template_ = PromptTemplate.load(self.prompt)
-        self._index()
+        retriever = self._retriever()
+        if retriever is not None:
+            retriever.index()
         self.classes_ = np.array([0, 1])
         return self
 
@@ -179,46 +176,34 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
     def add_templates(self, table: dict[str, str]) -> None:
         """Texts of event keys (e.g. an upgraded system's templates), so that retrieval can
         find the closest known template of a key it has no record for."""
-        self.templates_ = {**getattr(self, "templates_", {}), **table}
-
-    def _scope(self) -> dict:
-        if self.knowledge_system is not None:
-            return {"system": self.knowledge_system}
-        return {"syscalls": {"kind": "syscall"}, "hdfs": {"system": "hdfs"}}.get(self.domain, {})
+        retriever = self._retriever()
+        if retriever is not None:
+            retriever.add_templates(table)
 
     def knowledge_for(self, events) -> list[str]:
         """The retrieved lines for one sequence (most relevant first)."""
-        index = self._index()
-        if index is None:
-            return []
-        from flexlog.rag import format_knowledge
+        retriever = self._retriever()
+        return retriever(events) if retriever is not None else []
 
-        # Rarest events first: when the budget cuts the list, the ubiquitous ones go.
-        counts = Counter(events)
-        keys = sorted(counts, key=counts.__getitem__)
-        found = index.lookup(keys, getattr(self, "templates_", None), **self._scope())
-        return format_knowledge(found)
+    def _assembler(self) -> PromptAssembler:
+        if getattr(self, "assembler_", None) is None:
+            backend = self._backend()
+            trained = self._adapter_info().get("max_seq_tokens")  # prompts as long as in training
+            budget = self.max_prompt_tokens or (
+                trained if isinstance(trained, int) and trained >= 64 else None
+            )
+            self.assembler_ = PromptAssembler(
+                self.prompt,
+                self.domain,
+                max_tokens=budget or max(64, backend.context_tokens - 16),
+                count_tokens=backend.count_tokens,
+                retriever=self._retriever(),
+            )
+        return self.assembler_
 
     def conversations(self, X) -> list[list[dict[str, str]]]:
-        """The chat messages sent for each sequence (also what fine-tuning trains on)."""
-        backend = self._backend()
-        trained = self._adapter_info().get("max_seq_tokens")  # prompts as long as in training
-        budget = self.max_prompt_tokens or (
-            trained if isinstance(trained, int) and trained >= 64 else None
-        )
-        budget = budget or max(64, backend.context_tokens - 16)
-        template = getattr(self, "template_", None) or PromptTemplate.load(self.prompt)
-        out = []
-        for events in as_event_lists(X):
-            rendered = template.render(
-                events,
-                domain=self.domain,
-                knowledge=self.knowledge_for(events),
-                max_tokens=budget,
-                count_tokens=backend.count_tokens,
-            )
-            out.append(rendered.messages())
-        return out
+        """The chat messages sent for each sequence (see :class:`PromptAssembler`)."""
+        return self._assembler().conversations(X)
 
     def decide(self, X) -> list[LabelDecision]:
         """One decision per sequence, with the path that decided it."""
@@ -290,7 +275,8 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
                 if (src / name).is_file():
                     shutil.copyfile(src / name, directory / "adapter" / name)
                     files.append(f"adapter/{name}")
-        index = self._index() if self.retrieval else None
+        retriever = self._retriever()
+        index = retriever.index() if retriever is not None else None
         if index is not None:
             index.save(directory / "knowledge")
             files += [f"knowledge/{p.name}" for p in sorted((directory / "knowledge").iterdir())]
@@ -321,11 +307,12 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
                 raise BundleFormatError(f"{directory}/llm.json: threshold is not a number")
             voter.threshold_ = float(threshold)
-        if state.get("templates"):
-            voter.add_templates(state["templates"])
         if voter.retrieval and (directory / "knowledge").is_dir():
             from flexlog.rag import KnowledgeIndex
 
-            voter.index_ = KnowledgeIndex.load(directory / "knowledge")
+            index = KnowledgeIndex.load(directory / "knowledge")
+            voter.retriever_ = Retriever(voter.domain, voter.knowledge_system, index=index)
+        if state.get("templates"):
+            voter.add_templates(state["templates"])
         voter.classes_ = np.array([0, 1])
         return voter

@@ -1,0 +1,348 @@
+"""The README's results, regenerated from experiment runs (``make report``).
+
+Every ``results.json`` under the runs folder (written by ``flexlog experiment`` and by the LLM
+experiment of ``finetune``) is read; runs are sorted into sections by what they measured, not
+by their folder names: ADFA-U on the paper's protocol, SynHDFS-U, ADFA-U at other training-set
+sizes, ADFA-U without de-duplication, and the LLM voter. Published figures stand in a column
+beside ours only where the protocol is the paper's; any other protocol is named in the
+section's title. Tables are Markdown, plots PNG; the Markdown replaces the part of the README
+between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from flexlog.evaluate import mann_whitney
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+#: Published averages (FlexLog paper): ADFA-U and SynHDFS-U, limited data for FlexLog.
+PUBLISHED = {
+    "adfa-u": {
+        "FlexLog (Mistral Small 22B + KNN, DT, SLFN)": 0.704,
+        "FlexLog without retrieval": 0.660,
+        "ML only: KNN + DT + SLFN, majority": 0.664,
+        "LLM alone": 0.612,
+        "LightAD (full data)": 0.677,
+        "CNN (full data)": 0.685,
+    },
+    "synhdfs-u": {
+        "FlexLog": 0.971,
+        "ML only: KNN + DT + SLFN, majority": 0.939,
+        "LLM alone": 0.928,
+        "LightAD (full data)": 0.959,
+        "CNN (full data)": 0.942,
+    },
+}
+#: Our row that measures the same thing as a published one (same voters, same rule).
+SAME_AS_PUBLISHED = {"knn+dt+slfn (majority)": "ML only: KNN + DT + SLFN, majority"}
+REFERENCE = "knn+dt+slfn (majority)"
+PAPER_ADFA = {"test_normal_ratio": None, "per_class": 500, "dedup": True}
+
+
+def load_runs(runs: Path) -> list[dict]:
+    """Every experiment report under ``runs`` (sorted by path), each with its ``path``."""
+    out = []
+    for path in sorted(runs.rglob("results.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "summary" in data and "kind" in data:
+            out.append({**data, "path": str(path.parent)})
+    return out
+
+
+def row_name(model: str, run: dict) -> str:
+    """``knn`` for a voter alone; ``knn+dt+slfn (stacked)`` for an ensemble under a rule."""
+    rules = run.get("rules") or ["majority"]
+    voters = "+".join(run["voters"])
+    if model == "ensemble":
+        return f"{voters} ({rules[0]})"
+    if model.startswith("ensemble:"):
+        return f"{voters} ({model.split(':', 1)[1]})"
+    if model.startswith("ensemble+"):
+        return f"{voters}+{model.split('+', 1)[1]} ({rules[0]})"
+    return model
+
+
+def _rows(runs: Sequence[dict]) -> dict[str, dict]:
+    """Row name → {"variants": {v: stat}, "average": stat}, first run wins on duplicates."""
+    rows: dict[str, dict] = {}
+    for run in runs:
+        summary = run["summary"]
+        for model in summary["models"]:
+            name = row_name(model, run)
+            if name in rows:
+                continue
+            rows[name] = {
+                "variants": {v: r[model] for v, r in summary["variants"].items()},
+                "average": summary["average"][model],
+            }
+    return rows
+
+
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _mwu(rows: dict, name: str) -> str:
+    if REFERENCE not in rows or name == REFERENCE:
+        return ""
+    a, b = rows[name]["average"]["f1"], rows[REFERENCE]["average"]["f1"]
+    if len(a) != len(b):
+        return ""
+    test = mann_whitney(a, b)
+    return f"{test['p']:.3f} ({test['a12']:.2f})"
+
+
+def results_table(kind: str, runs: Sequence[dict], *, published: bool) -> list[str]:
+    rows = _rows(runs)
+    variants = list(next(iter(rows.values()))["variants"])
+    head = ["model", *map(str, variants), "average"]
+    if published:
+        head.append("published")
+    head.append(f"MWU p (A12) vs {REFERENCE}")
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    best = max(rows, key=lambda n: rows[n]["average"]["mean"])
+    for name, row in rows.items():
+        avg = _cell(row["average"])
+        cells = [
+            f"**{name}**" if name == best else name,
+            *(_cell(row["variants"][v]) for v in variants),
+            f"**{avg}**" if name == best else avg,
+        ]
+        if published:
+            pub = PUBLISHED.get(kind, {}).get(SAME_AS_PUBLISHED.get(name, ""))
+            cells.append(f"{pub:.3f}" if pub is not None else "")
+        cells.append(_mwu(rows, name))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plot_bars(rows: dict, names: Sequence[str], path: Path, title: str, xlabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [*next(iter(rows.values()))["variants"], "average"]
+    x = np.arange(len(variants))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(variants)), 4.4))
+    for i, n in enumerate(names):
+        stats = [*rows[n]["variants"].values(), rows[n]["average"]]
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            [s["mean"] for s in stats],
+            width,
+            yerr=[s["std"] for s in stats],
+            capsize=2,
+            label=n,
+        )
+    ax.set_xticks(x, [str(v) for v in variants], rotation=15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("F1")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_lines(series: dict[str, list[tuple[float, dict]]], path: Path, title: str, xlabel: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in series.items():
+        points = sorted(points, key=lambda p: p[0])
+        xs = [p[0] for p in points]
+        ax.errorbar(
+            xs,
+            [p[1]["mean"] for p in points],
+            yerr=[p[1]["std"] for p in points],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("average F1")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> str:
+    """The machine the figures were measured on, in one line."""
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f", {int(line.split()[1]) / 2**20:.0f} GiB"
+    except OSError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}){mem}, no GPU, Python {platform.python_version()}"
+
+
+def _focus(rows: dict) -> list[str]:
+    """The rows worth plotting: the paper's ML vote, and each run's best ensemble."""
+    ensembles = [n for n in rows if "(" in n]
+    best = sorted(ensembles, key=lambda n: -rows[n]["average"]["mean"])[:3]
+    return [n for n in dict.fromkeys([REFERENCE, *best]) if n in rows]
+
+
+def build_report(runs_dir: Path, out_dir: Path) -> str:
+    """Write the plots into ``out_dir`` and return the Markdown of every section."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(runs_dir)
+    rel = os.path.relpath(out_dir, Path.cwd()) if out_dir.is_absolute() else str(out_dir)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    md = [
+        f"Generated by `make report` from `{runs_dir}` on {now}. Machine: {machine()}.",
+        "F1 of the anomalous class, mean ± std over seeds; Mann-Whitney U (two-sided) on the "
+        f"per-seed averages against {REFERENCE} (A12 = P(row > reference)).",
+        "",
+    ]
+
+    def adfa(run: dict) -> dict:
+        return {**PAPER_ADFA, **(run.get("adfa") or {})}
+
+    paper = [r for r in runs if r["kind"] == "adfa-u" and adfa(r) == PAPER_ADFA]
+    if paper:
+        rows = _rows(paper)
+        seeds = paper[0]["seeds"]
+        md += [
+            f"### ADFA-U, the paper's protocol ({len(seeds)} seeds)",
+            "",
+            "80 % of the normal traces and five attack types train (limited set: 500 + 500 "
+            "drawn with replacement), every other normal trace and the sixth type test, "
+            "de-duplicated.",
+            "",
+            *results_table("adfa-u", paper, published=True),
+            "",
+            "Published on the same protocol: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED["adfa-u"].items())
+            + ".",
+            "",
+        ]
+        _plot_bars(
+            rows, _focus(rows), out_dir / "adfa-u.png", "ADFA-U (paper protocol)", "held-out"
+        )
+        md += [f"![F1 per held-out attack type]({rel}/adfa-u.png)", ""]
+    syn = [r for r in runs if r["kind"] == "synhdfs-u"]
+    if syn:
+        rows = _rows(syn)
+        md += [
+            f"### SynHDFS-U ({len(syn[0]['seeds'])} seeds): the paper's method on the offline "
+            "DeepLog sessions (10 % anomalies; see ULAD protocols), so published figures "
+            "are not beside ours",
+            "",
+            *results_table("synhdfs-u", syn, published=False),
+            "",
+            "Published on HDFS v1 (other data): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED["synhdfs-u"].items())
+            + ".",
+            "",
+        ]
+        series = {n: [(float(v), s) for v, s in rows[n]["variants"].items()] for n in _focus(rows)}
+        _plot_lines(series, out_dir / "synhdfs-u.png", "SynHDFS-U", "instability ratio")
+        md += [f"![F1 against the instability ratio]({rel}/synhdfs-u.png)", ""]
+    sized = [r for r in runs if r["kind"] == "adfa-u" and adfa(r)["test_normal_ratio"] is None]
+    sized = [r for r in sized if adfa(r)["dedup"]]
+    sizes = sorted({adfa(r)["per_class"] for r in sized})
+    if len(sizes) > 1:
+        series: dict[str, list] = {}
+        for r in sized:
+            rows = _rows([r])
+            for n in rows:
+                if "(" in n:
+                    series.setdefault(n, []).append((2 * adfa(r)["per_class"], rows[n]["average"]))
+        series = {n: p for n, p in series.items() if len(p) > 1}
+        md += [
+            "### ADFA-U by training-set size (the paper's RQ2; paper protocol otherwise)",
+            "",
+            "| model | " + " | ".join(str(2 * s) for s in sizes) + " |",
+            "|---|" + "---:|" * len(sizes),
+        ]
+        for n, points in series.items():
+            by = {x: s for x, s in points}
+            md.append(
+                f"| {n} | "
+                + " | ".join(_cell(by[2 * s]) if 2 * s in by else "" for s in sizes)
+                + " |"
+            )
+        _plot_lines(series, out_dir / "training-size.png", "ADFA-U", "training samples")
+        md += ["", f"![F1 against the training-set size]({rel}/training-size.png)", ""]
+    nodedup = [r for r in runs if r["kind"] == "adfa-u" and not adfa(r)["dedup"]]
+    if nodedup and paper:
+        with_rows, without_rows = _rows(paper), _rows(nodedup)
+        md += [
+            "### ADFA-U with and without de-duplication (the paper's RQ)",
+            "",
+            "| model | de-duplicated (paper) | not de-duplicated |",
+            "|---|---:|---:|",
+        ]
+        for n, row in without_rows.items():
+            if n in with_rows and "(" in n:
+                md.append(f"| {n} | {_cell(with_rows[n]['average'])} | {_cell(row['average'])} |")
+        md.append("")
+    llm = [r for r in runs if r["kind"] == "llm-adfa-u"]
+    for r in llm:
+        md += llm_section(r)
+    return "\n".join(md).rstrip() + "\n"
+
+
+def llm_section(run: dict) -> list[str]:
+    """The LLM voter's rows beside the published 0.612 / 0.704 / 0.660 / 0.664."""
+    s = run["summary"]
+    names = {
+        "llm": ("LLM alone", 0.612),
+        "flexlog": ("FlexLog: KNN + DT + SLFN + LLM, majority", 0.704),
+        "flexlog-no-rag": ("FlexLog without retrieval", 0.660),
+        "ml-ensemble": ("ML only: KNN + DT + SLFN, majority", 0.664),
+    }
+    lines = [
+        f"### The LLM voter on ADFA-U, paper protocol ({run['model']}, {run['steps']} "
+        f"fine-tuning steps, seeds {run['seeds']}, full test sets)",
+        "",
+        "| model | average F1 | published (Mistral Small 22B) | share of sequences asked |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, stat in s["average"].items():
+        label, pub = names.get(key, (key, None))
+        share = s.get("llm_asked_share", {}).get(key)
+        lines.append(
+            f"| {label} | {_cell(stat)} | {'' if pub is None else f'{pub:.3f}'} | "
+            f"{'' if share is None else f'{100 * share:.0f} %'} |"
+        )
+    return [*lines, ""]
+
+
+def update_readme(readme: Path, markdown: str) -> None:
+    """Replace the README's results between the markers (which must be there)."""
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{readme}: no {START} … {END} markers to put the results between")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{markdown}{END}{tail}", encoding="utf-8")
+
+
+__all__ = ["build_report", "load_runs", "machine", "update_readme"]
