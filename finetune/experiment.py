@@ -203,8 +203,14 @@ def summary(results: dict) -> dict:
             "f1": per_seed,
         }
     shares = [r["info"].get("llm_asked_share", {}) for r in results.values()]
+    sizes = [
+        (r["info"]["test_sequences"], r["info"].get("llm_alone_sequences"))
+        for r in results.values()
+    ]
     return {
         "average": average,
+        "test_sequences": int(sum(t for t, _ in sizes)),
+        "llm_alone_sequences": int(sum(a if a is not None else t for t, a in sizes)),
         "llm_asked_share": {
             k: float(np.mean([s[k] for s in shares if k in s]))
             for k in ("flexlog", "flexlog-no-rag", "default+llm")

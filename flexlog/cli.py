@@ -640,11 +640,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     if not runs.is_dir():
         raise CliError(f"{runs}: no such runs directory (run the experiments first)")
-    markdown = build_report(runs, Path(args.out))
-    (Path(args.out) / "results.md").write_text(markdown, encoding="utf-8")
+    out_dir = Path(args.out)
+    (out_dir / "results.md").parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text(build_report(runs, out_dir), encoding="utf-8")
     if args.readme:
+        readme = Path(args.readme)
         try:
-            update_readme(Path(args.readme), markdown)
+            update_readme(readme, build_report(runs, out_dir, readme.parent))
         except ValueError as exc:
             raise CliError(str(exc)) from exc
     out.print(

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from flexlog.alignment import TemplateAligner, align_sequences
 from flexlog.data.ulad import SYNHDFS_RATIOS, UladDataset
-from flexlog.detector import make_detector, make_voters
+from flexlog.detector import Detector, make_detector, make_voters
 from flexlog.ensemble import VotingEnsemble, majority_vote, voter_scores
 from flexlog.evaluate import mann_whitney, scores
 from flexlog.inner_validation import fit_rule, out_of_fold_scores
@@ -171,6 +171,12 @@ def run_one(
             fitted, _ = fit_rule(rule, validation, anomaly_rate=rate)
             result[key] = scores(y, fitted.combine({n: probs[n] for n in voters}))
         result[key]["predict_seconds"] = sum(seconds[name] for name in voters)
+    if rules[0] == "majority":
+        # which voters short-circuit voting asks, cheapest first, on the distinct test sequences
+        members = [(n, v) for n, v in det.ensemble.voters if n in voters]
+        asking = Detector(VotingEnsemble(members))
+        asking.vote(test)
+        result["ensemble"]["asked_share"] = asking.asked_share()
     for name in added:
         result[f"ensemble+{name}"] = scores(y, majority_vote({**base, name: votes[name]}))
     if align and ds.templates:
@@ -328,6 +334,9 @@ def summarize(runs: dict[str, dict[int, dict]]) -> dict:
         if m != "ensemble"
     }
     cells = [r for by_seed in runs.values() for r in by_seed.values()]
+    shares = [r["ensemble"]["asked_share"] for r in cells if "asked_share" in r["ensemble"]]
+    if shares:
+        out["asked_share"] = {n: float(np.mean([s[n] for s in shares])) for n in shares[0]}
     out["timing"] = {
         m: {
             key: float(np.mean([r[m][key] for r in cells]))
@@ -368,6 +377,13 @@ def markdown_table(kind: str, summary: dict, seeds: Sequence[int]) -> str:
     for variant, mw in rows:
         cells = [f"p={mw[m]['p']:.3f}, A12={mw[m]['a12']:.2f}" for m in models if m != "ensemble"]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if summary.get("asked_share"):
+        share = ", ".join(f"{n} {100 * v:.0f} %" for n, v in summary["asked_share"].items())
+        lines += [
+            "",
+            f"Short-circuit voting (cheapest first) asked each voter about this share of the "
+            f"distinct test sequences: {share}.",
+        ]
     if summary.get("timing"):
         lines += [
             "",

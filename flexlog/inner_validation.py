@@ -171,7 +171,9 @@ def fit_rule(
     ``weights`` are given) and the cut on the weighted mean; for ``stacked``, a logistic
     combiner and its cut. Returns the rule and a report for the manifest."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import average_precision_score
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from flexlog.evaluate import scores
 
     if kind not in RULES:
         raise ValueError(f"vote rule must be one of {', '.join(RULES)}, got {kind!r}")
@@ -190,7 +192,6 @@ def fit_rule(
     report["voters"] = per_voter
     if kind == "majority":
         rule: VoteRule = MajorityRule()
-        pred = rule.combine(validation.scores)
     elif kind == "weighted":
         base = float(np.average(y, weights=w))
         if weights is None:
@@ -207,7 +208,6 @@ def fit_rule(
             threshold=min(max(cut, 0.0), 0.999),
             default_weight=float(np.median(list(wts.values()))),
         )
-        pred = rule.combine(validation.scores)
     else:
         # log-odds of the voters, a strongly regularized combiner: the validation set is
         # small and the voters are correlated
@@ -224,20 +224,11 @@ def fit_rule(
             link=link.link,
             smoothing=link.smoothing,
         )
-        pred = rule.combine(validation.scores)
-    from flexlog.evaluate import scores as score
-
-    report["ensemble_f1"] = _weighted_f1(y, pred, w)
-    report["ensemble"] = score(y, pred)
+    pred = rule.combine(validation.scores)
+    # the rule's F1 on the validation data, at the deployment's rate and as it is
+    report["validation_f1"] = float(f1_score(y, pred, sample_weight=w, zero_division=0.0))
+    report["validation_scores"] = scores(y, pred)
     return rule, report
-
-
-def _weighted_f1(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None) -> float:
-    w = np.ones(len(y)) if w is None else w
-    tp = float(w[(pred == 1) & (y == 1)].sum())
-    fp = float(w[(pred == 1) & (y == 0)].sum())
-    fn = float(w[(pred == 0) & (y == 1)].sum())
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 __all__ = ["InnerValidation", "anomaly_groups", "fit_rule", "out_of_fold_scores"]

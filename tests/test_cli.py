@@ -608,3 +608,59 @@ def test_experiment_parallel_jobs_match_serial(datasets_dir: Path, tmp_path: Pat
 def test_experiment_rejects_bad_parallelism(capsys, flag: str, tmp_path: Path) -> None:
     rc, _, err = _run(capsys, "experiment", "synhdfs-u", flag, "0", "--out", tmp_path)
     _one_line_error(rc, err, f"{flag.lstrip('-')} must be an integer ≥ 1")
+
+
+def test_experiment_rules_and_report(capsys, datasets_dir: Path, tmp_path: Path) -> None:
+    """Each vote rule is scored as its own ensemble row; `flexlog report` turns the runs into
+    Markdown tables (published figures only beside rows on the paper's protocol) and PNG plots,
+    and replaces the README's results between its markers."""
+    runs = tmp_path / "runs"
+    for per_class in (25, 50):
+        rc, _, err = _run(
+            capsys,
+            "experiment",
+            "adfa-u",
+            "--seeds",
+            "2",
+            "--voters",
+            "ml",
+            "--rules",
+            "majority,stacked",
+            "--variants",
+            "web,meter",
+            "--per-class",
+            per_class,
+            "--datasets",
+            datasets_dir,
+            "--out",
+            runs / f"adfa-{per_class}",
+        )
+        assert rc == 0, err
+    saved = json.loads((runs / "adfa-25" / "results.json").read_text())
+    assert saved["rules"] == ["majority", "stacked"] and saved["adfa"]["per_class"] == 25
+    assert {"ensemble", "ensemble:stacked"} <= set(saved["summary"]["models"])
+    info = saved["datasets"]["web/0"]
+    assert info["protocol"] == "paper" and info["limited_train"]["total"] == 50
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\ntail\n")
+    rc, _, err = _run(
+        capsys, "report", "--runs", runs, "--out", tmp_path / "docs", "--readme", readme
+    )
+    assert rc == 0, err
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\n\ntail\n")
+    assert "### ADFA-U by training-set size" in text and "| 50 | 100 |" in text
+    assert "knn+dt+slfn (stacked)" in text
+    assert "![F1 against the training-set size](docs/training-size.png)" in text
+    assert (tmp_path / "docs" / "training-size.png").read_bytes()[:4] == b"\x89PNG"
+    assert "(./training-size.png)" in (tmp_path / "docs" / "results.md").read_text()
+    readme.write_text("no markers\n")
+    rc, _, err = _run(
+        capsys, "report", "--runs", runs, "--out", tmp_path / "docs", "--readme", readme
+    )
+    _one_line_error(rc, err, "no <!-- results:start -->")
+
+
+def test_experiment_rejects_bad_rules(capsys, tmp_path: Path) -> None:
+    rc, _, err = _run(capsys, "experiment", "adfa-u", "--rules", "majority,plurality")
+    _one_line_error(rc, err, "--rules: a list of distinct rules from majority, weighted, stacked")

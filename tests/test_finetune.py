@@ -26,6 +26,7 @@ from finetune.__main__ import main  # noqa: E402
 from finetune.recipe import Recipe, RecipeError, list_recipes, load_recipe  # noqa: E402
 from flexlog.data.adfa import load_adfa  # noqa: E402
 from flexlog.data.records import LogSequence, write_jsonl  # noqa: E402
+from flexlog.detector import Detector  # noqa: E402
 
 LLM_STACK = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
@@ -384,7 +385,8 @@ def test_finetune_calibrates_and_joins_the_bundle(llm_stack, train40: Path, tmp_
     from flexlog.data.records import read_jsonl
 
     bundle = tmp_path / "bundle"
-    assert flexlog_main(["train", "--train", str(train40), "--out", str(bundle)]) == 0
+    train = ["train", "--train", str(train40), "--voters", "ml", "--out", str(bundle)]
+    assert flexlog_main(train) == 0
     recipe = load_recipe("tiny-mistral").replace(max_seq_tokens=256)
     path = recipe.dump(tmp_path / "tiny.yaml")
     out = tmp_path / "run"
@@ -404,5 +406,36 @@ def test_finetune_calibrates_and_joins_the_bundle(llm_stack, train40: Path, tmp_
     llm = dict(loaded.detector.ensemble.voters)["llm"]
     assert llm.threshold_ == pytest.approx(val["threshold"])
     seqs, _ = read_jsonl(train40)
-    verdicts = loaded.detector.predict(seqs[:3])
+    every = Detector(loaded.detector.ensemble, short_circuit=False)
+    verdicts = every.predict(seqs[:3])
     assert [sorted(v.votes) for v in verdicts] == [["dt", "knn", "llm", "slfn"]] * 3
+    assert loaded.detector.ensemble.order[-1] == "llm"  # asked last, only where needed
+
+
+@pytest.mark.slow
+def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, tmp_path: Path):
+    """The LLM experiment on one ADFA-U holdout (tiny Mistral, 2 steps): every row, the share
+    of sequences the ensembles asked the LLM about, and a report `flexlog report` reads."""
+    from finetune.experiment import MODELS
+    from finetune.experiment import main as experiment
+    from flexlog.report import build_report
+
+    recipe = load_recipe("tiny-mistral").replace(max_seq_tokens=256)
+    path = recipe.dump(tmp_path / "tiny.yaml")
+    out = tmp_path / "runs" / "llm"
+    argv = ["--recipe", str(path), "--steps", "2", "--holdouts", "web", "--seeds", "0"]
+    argv += ["--test-limit", "24", "--llm-alone", "6", "--threads", "1"]
+    argv += ["--datasets", str(datasets_dir), "--out", str(out)]
+    assert experiment(argv) == 0
+    result = json.loads((out / "results.json").read_text())["web/0"]
+    assert set(MODELS) <= set(result)
+    info = result["info"]
+    assert info["test_sequences"] == 24 and info["llm_alone_sequences"] == 6
+    assert all(0 <= share <= 1 for share in info["llm_asked_share"].values())
+    assert result["llm"]["scored"] == 6
+    report = json.loads((out / "report" / "results.json").read_text())
+    assert report["kind"] == "llm-adfa-u" and report["holdouts"] == ["web"]
+    markdown = build_report(tmp_path / "runs", tmp_path / "docs")
+    assert "holdouts web only, so no published figure" in markdown
+    assert "scored on 6 of the 24 test sequences" in markdown
+    assert experiment(argv) == 0  # resumes: nothing left to compute

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flexlog.cli import main
-from flexlog.data.records import LogSequence
+from flexlog.data.records import LogSequence, write_jsonl
 from flexlog.data.ulad import build_adfa_u
 from flexlog.inner_validation import anomaly_groups, fit_rule, out_of_fold_scores
 from flexlog.training import (
@@ -128,52 +128,47 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-def test_cli_train_stacked_records_the_rule(capsys, tmp_path: Path, adfa_java) -> None:
-    from flexlog.data.records import write_jsonl
-
-    data = tmp_path / "train.jsonl"
-    write_jsonl(data, adfa_java.limited_train)
+@pytest.fixture
+def files(tmp_path: Path, adfa_java) -> Path:
+    """The java-held-out training and test sets as canonical JSONL in a temporary folder."""
+    write_jsonl(tmp_path / "train.jsonl", adfa_java.limited_train)
     write_jsonl(tmp_path / "test.jsonl", adfa_java.test)
+    return tmp_path
+
+
+def _train(capsys, files: Path, *options) -> tuple[int, str]:
     rc, _, err = _run(
+        capsys, "train", "--train", files / "train.jsonl", *options, "--out", files / "B"
+    )
+    return rc, err
+
+
+def _evaluate(capsys, files: Path, *options) -> dict:
+    rc, out, err = _run(
         capsys,
-        "train",
-        "--train",
-        data,
-        "--voters",
-        "ml",
-        "--rule",
-        "stacked",
-        "--out",
-        tmp_path / "B",
+        "evaluate",
+        "--bundle",
+        files / "B",
+        "--test",
+        files / "test.jsonl",
+        "--json",
+        *options,
     )
     assert rc == 0, err
+    return json.loads(out)
+
+
+def test_cli_train_stacked_records_the_rule(capsys, files: Path) -> None:
+    rc, err = _train(capsys, files, "--voters", "ml", "--rule", "stacked")
+    assert rc == 0, err
     assert "fitted on group holdout (5 groups)" in err
-    manifest = json.loads((tmp_path / "B" / "manifest.json").read_text())
+    manifest = json.loads((files / "B" / "manifest.json").read_text())
     assert manifest["ensemble"]["rule"]["rule"] == "stacked"
     assert manifest["config"]["training"]["validation"]["folds"]
-    rc, out, _ = _run(
-        capsys,
-        "evaluate",
-        "--bundle",
-        tmp_path / "B",
-        "--test",
-        tmp_path / "test.jsonl",
-        "--json",
-    )
-    payload = json.loads(out)
-    assert rc == 0 and set(payload["asked_share"]) == {"knn", "dt", "slfn"}
+    payload = _evaluate(capsys, files)
+    assert set(payload["asked_share"]) == {"knn", "dt", "slfn"}
     assert max(payload["asked_share"].values()) == 1.0
-    rc, out, _ = _run(
-        capsys,
-        "evaluate",
-        "--bundle",
-        tmp_path / "B",
-        "--test",
-        tmp_path / "test.jsonl",
-        "--json",
-        "--all-votes",
-    )
-    every = json.loads(out)
+    every = _evaluate(capsys, files, "--all-votes")
     assert every["f1"] == payload["f1"] and set(every["asked_share"].values()) == {1.0}
 
 
@@ -187,36 +182,17 @@ def test_cli_train_stacked_records_the_rule(capsys, tmp_path: Path, adfa_java) -
         (["--rule", "weighted", "--weights", "llm=1"], "weights name voters not in the ensemble"),
     ],
 )
-def test_cli_train_bad_rule_options(capsys, tmp_path: Path, adfa_java, extra, needle) -> None:
-    from flexlog.data.records import write_jsonl
-
-    data = tmp_path / "train.jsonl"
-    write_jsonl(data, adfa_java.limited_train)
-    rc, _, err = _run(capsys, "train", "--train", data, *extra, "--out", tmp_path / "B")
+def test_cli_train_bad_rule_options(capsys, files: Path, extra, needle) -> None:
+    rc, err = _train(capsys, files, *extra)
     assert rc == 2 and needle in err and "Traceback" not in err
-    assert not (tmp_path / "B").exists()
+    assert not (files / "B").exists()
 
 
-def test_cli_train_weighted_with_given_weights(capsys, tmp_path: Path, adfa_java) -> None:
-    from flexlog.data.records import write_jsonl
-
-    data = tmp_path / "train.jsonl"
-    write_jsonl(data, adfa_java.limited_train)
-    rc, _, err = _run(
-        capsys,
-        "train",
-        "--train",
-        data,
-        "--voters",
-        "ml",
-        "--rule",
-        "weighted",
-        "--weights",
-        "knn=1,dt=1,slfn=2",
-        "--out",
-        tmp_path / "B",
+def test_cli_train_weighted_with_given_weights(capsys, files: Path) -> None:
+    rc, err = _train(
+        capsys, files, "--voters", "ml", "--rule", "weighted", "--weights", "knn=1,dt=1,slfn=2"
     )
     assert rc == 0, err
-    rule = json.loads((tmp_path / "B" / "manifest.json").read_text())["ensemble"]["rule"]
+    rule = json.loads((files / "B" / "manifest.json").read_text())["ensemble"]["rule"]
     assert rule["weights"] == {"knn": 1.0, "dt": 1.0, "slfn": 2.0}
     assert np.isclose(rule["threshold"], 0.5)
