@@ -70,12 +70,15 @@ def _write_rejections(path: Path, report: IngestReport) -> Path | None:
 
 
 def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    """Precision, recall, F1 and counts per model; a voter asked about fewer sequences than the
+    ensemble answered (short-circuit voting) says how many."""
+    total = next(iter(rows.values()), {}).get("n")
     table = Table(title=title)
     for col in ("model", "precision", "recall", "F1", "TP", "FP", "FN", "TN"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in rows.items():
         table.add_row(
-            name if "asked" not in m or m["asked"] == m["n"] else f"{name} (asked {m['asked']})",
+            name if m.get("asked", total) == total else f"{name} (asked {m['asked']})",
             f"{m['precision']:.3f}",
             f"{m['recall']:.3f}",
             f"[bold]{m['f1']:.3f}[/]",
@@ -299,6 +302,14 @@ def _aligned(bundle, seqs: list[LogSequence], templates: dict[str, str] | None):
     return align_sequences(seqs, mapping), len(mapping)
 
 
+def _has_slow_voters(ensemble) -> bool:
+    """Whether some voter costs a model call or a network per sequence: then long runs show
+    progress however few sequences there are."""
+    from flexlog.ensemble import voter_cost
+
+    return max(voter_cost(v) for _, v in ensemble.voters) >= 100
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from flexlog.bundle import load_bundle
     from flexlog.data.templates import read_templates
@@ -329,7 +340,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             total=len(seqs),
             desc="scoring",
             unit="seq",
-            disable=len(seqs) < 1000,
+            disable=len(seqs) < 1000 and not _has_slow_voters(bundle.detector.ensemble),
         ):
             fh.write(json.dumps(verdict.to_json(), separators=(",", ":")) + "\n")
             anomalous += verdict.label
@@ -371,9 +382,11 @@ def _evaluate(
     if bundle is not None:
         seqs, _ = _aligned(bundle, seqs, templates)
     voting = Detector(detector.ensemble, short_circuit=not all_votes)
-    batch = 64 if "llm" in voting.voter_names else 4096
+    slow = _has_slow_voters(voting.ensemble)
+    batch = 64 if slow else 4096
     verdicts = []
-    with tqdm(total=len(seqs), desc="evaluating", unit="seq", disable=len(seqs) < 1000) as bar:
+    quiet = len(seqs) < 1000 and not slow
+    with tqdm(total=len(seqs), desc="evaluating", unit="seq", disable=quiet) as bar:
         for start in range(0, len(seqs), batch):
             part = seqs[start : start + batch]
             verdicts.extend(voting.vote(part))
