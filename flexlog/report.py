@@ -146,7 +146,7 @@ def _plot_bars(rows: dict, names: Sequence[str], path: Path, title: str, xlabel:
     variants = [*next(iter(rows.values()))["variants"], "average"]
     x = np.arange(len(variants))
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(variants)), 4.4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(variants)), 5.0))
     for i, n in enumerate(names):
         stats = [*rows[n]["variants"].values(), rows[n]["average"]]
         ax.bar(
@@ -163,7 +163,9 @@ def _plot_bars(rows: dict, names: Sequence[str], path: Path, title: str, xlabel:
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(
+        fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(3, len(names))
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

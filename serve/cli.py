@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start vLLM for the LLM voter: 'cpu', 'gpu' or a launch config YAML",
     )
     s.add_argument("--vllm-log", help="file for the vLLM server's output")
+    s.add_argument(
+        "--all-votes",
+        action="store_true",
+        help="ask every voter about every sequence (default: only the voters whose vote can "
+        "still change the label; the labels are the same)",
+    )
     for name, (kind, text) in _LIMITS.items():
         s.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     s.add_argument(
@@ -116,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             llm_timeout=args.llm_timeout,
             vllm=args.vllm,
             vllm_log=args.vllm_log,
+            all_votes=args.all_votes,
             log_level=args.log_level,
             **options,
         )

@@ -58,6 +58,7 @@ class Service:
             self._own_cache = True
         self.detector.tolerate = transient_errors()
         self.detector.retry_after = settings.retry_after
+        self.detector.short_circuit = not settings.all_votes
         self._override_llm()
         self.vllm: VLLMServer | None = None
         if settings.vllm:

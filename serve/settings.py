@@ -34,6 +34,9 @@ class Settings(BaseModel):
     batch_size: int = Field(256, ge=1, description="sequences per micro-batch of the voters")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="wait to fill a micro-batch")
     retry_after: float = Field(15.0, ge=0, description="rest of a failed voter, seconds")
+    all_votes: bool = Field(
+        False, description="ask every voter (no short-circuit voting): every answer has all votes"
+    )
     request_timeout: float = Field(600.0, gt=0, description="seconds to answer a request")
     llm_base_url: str | None = Field(None, description="point the LLM voter at this server")
     llm_timeout: float | None = Field(None, gt=0, description="LLM request timeout, seconds")

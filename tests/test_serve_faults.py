@@ -192,9 +192,22 @@ def _kill_mid_run(url: str, server, batch: list[LogSequence]) -> None:
     assert len(results) == len(batch) and all(r.status_code == 200 for r in results)
 
 
+@pytest.fixture(scope="module")
+def every_vote_service(four_voters: Path, tmp_path_factory):
+    """The four-voter service asking every voter (``--all-votes``), so every request needs the
+    LLM, as the kill and restart test below wants."""
+    cache = str(tmp_path_factory.mktemp("cache-all") / "c.sqlite")
+    settings = Settings(cache=cache, retry_after=2.0, all_votes=True)
+    with (
+        BackgroundServer(create_app(four_voters, settings)) as srv,
+        httpx.Client(base_url=srv.url, timeout=300) as http,
+    ):
+        yield srv, http
+
+
 @pytest.mark.slow
 def test_llm_server_returns_dies_and_is_restarted(
-    degraded_service, llm_port: int, test_sequences
+    every_vote_service, llm_port: int, test_sequences
 ) -> None:
     pytest.importorskip("vllm")
     from flexlog.llm.models import resolve_model
@@ -204,7 +217,7 @@ def test_llm_server_returns_dies_and_is_restarted(
         resolve_model("smollm2")
     except ValueError as exc:
         pytest.skip(str(exc))
-    srv, http = degraded_service
+    srv, http = every_vote_service
     server = VLLMServer("smollm2", port=llm_port, max_model_len=2048)
     try:
         server.start()
