@@ -141,6 +141,8 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     out.print(
         f"duplication ratio (test sequences also in train, removed): {info['duplication_ratio']:.3f}"
     )
+    if isinstance(info.get("protocol"), str):
+        out.print(f"protocol: {info['protocol']}")
     out.print(f"written to {Path(args.out)}: " + ", ".join(p.name for p in paths.values()))
     return 0
 
