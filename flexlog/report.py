@@ -331,6 +331,7 @@ def llm_section(run: dict) -> list[str]:
     complete = sorted(run.get("holdouts", [])) == sorted(ATTACK_TYPES)
     names = {
         "llm": ("LLM alone", 0.612),
+        "llm-no-rag": ("LLM alone without retrieval", None),
         "flexlog": ("FlexLog: KNN + DT + SLFN + LLM, majority", 0.704),
         "flexlog-no-rag": ("FlexLog without retrieval", 0.660),
         "ml-ensemble": ("ML only: KNN + DT + SLFN, majority", 0.664),
