@@ -87,8 +87,8 @@ report: $(STAMP)
 ## The LSTM/GRU voters alone and added to the ensemble (5 seeds, two runs at a time; resumable).
 SEQ_VOTERS := deeplog,logls,logms,auto-lstm,auto-blstm,auto-gru,lstm
 experiments-seq: $(LLM_STAMP)
-	$(FLEXLOG) experiment synhdfs-u --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-synhdfs-u
-	$(FLEXLOG) experiment adfa-u --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-adfa-u
+	$(FLEXLOG) experiment synhdfs-u --voters ml --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-synhdfs-u
+	$(FLEXLOG) experiment adfa-u --voters ml --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-adfa-u
 
 $(DEMO)/data/limited_train.jsonl: $(STAMP)
 	$(FLEXLOG) dataset build adfa-u --holdout $(HOLDOUT) --source examples/adfa-ld-sample --out $(DEMO)/data

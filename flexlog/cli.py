@@ -639,6 +639,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                 else float(args.test_normal_ratio),
                 per_class=args.per_class,
                 dedup=not args.no_dedup,
+                normal_train_fraction=args.normal_train_fraction,
             ),
             console=out,
             jobs=args.jobs,
@@ -878,6 +879,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="adfa-u: 'all' held-out normals test (the paper's protocol, default), or that "
         "many normals per attack (non-paper)",
+    )
+    x.add_argument(
+        "--normal-train-fraction",
+        type=float,
+        default=0.8,
+        help="adfa-u: share of normal traces that train (default 0.8, the paper's)",
     )
     x.add_argument(
         "--per-class",

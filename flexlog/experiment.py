@@ -35,6 +35,7 @@ class AdfaOptions:
     test_normal_ratio: float | None = None
     per_class: int = 500
     dedup: bool = True
+    normal_train_fraction: float = 0.8
 
 
 def _builders(kind: str, datasets: Path, adfa: AdfaOptions):
@@ -52,6 +53,7 @@ def _builders(kind: str, datasets: Path, adfa: AdfaOptions):
                 variant,
                 seed=seed,
                 test_normal_ratio=adfa.test_normal_ratio,
+                normal_train_fraction=adfa.normal_train_fraction,
                 per_class=adfa.per_class,
                 dedup=adfa.dedup,
             )

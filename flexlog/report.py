@@ -45,7 +45,12 @@ PUBLISHED = {
 #: Our row that measures the same thing as a published one (same voters, same rule).
 SAME_AS_PUBLISHED = {"knn+dt+slfn (majority)": "ML only: KNN + DT + SLFN, majority"}
 REFERENCE = "knn+dt+slfn (majority)"
-PAPER_ADFA = {"test_normal_ratio": None, "per_class": 500, "dedup": True}
+PAPER_ADFA = {
+    "test_normal_ratio": None,
+    "per_class": 500,
+    "dedup": True,
+    "normal_train_fraction": 0.8,
+}
 
 
 def load_runs(runs: Path) -> list[dict]:
@@ -277,8 +282,11 @@ def build_report(runs_dir: Path, out_dir: Path, link_base: Path | None = None) -
         series = {n: [(float(v), s) for v, s in rows[n]["variants"].items()] for n in _focus(rows)}
         _plot_lines(series, out_dir / "synhdfs-u.png", "SynHDFS-U", "instability ratio")
         md += [f"![F1 against the instability ratio]({rel}/synhdfs-u.png)", ""]
-    sized = [r for r in runs if r["kind"] == "adfa-u" and adfa(r)["test_normal_ratio"] is None]
-    sized = [r for r in sized if adfa(r)["dedup"]]
+    sized = [
+        r
+        for r in runs
+        if r["kind"] == "adfa-u" and adfa(r) == {**PAPER_ADFA, "per_class": adfa(r)["per_class"]}
+    ]
     sizes = sorted({adfa(r)["per_class"] for r in sized})
     if len(sizes) > 1:
         series: dict[str, list] = {}
@@ -303,7 +311,9 @@ def build_report(runs_dir: Path, out_dir: Path, link_base: Path | None = None) -
             )
         _plot_lines(series, out_dir / "training-size.png", "ADFA-U", "training samples")
         md += ["", f"![F1 against the training-set size]({rel}/training-size.png)", ""]
-    nodedup = [r for r in runs if r["kind"] == "adfa-u" and not adfa(r)["dedup"]]
+    nodedup = [
+        r for r in runs if r["kind"] == "adfa-u" and adfa(r) == {**PAPER_ADFA, "dedup": False}
+    ]
     if nodedup and paper:
         with_rows, without_rows = _rows(paper), _rows(nodedup)
         md += [
