@@ -351,7 +351,8 @@ def summarize(runs: dict[str, dict[int, dict]]) -> dict:
     return out
 
 
-def _cell(stat: dict) -> str:
+def mean_std(stat: dict) -> str:
+    """A summary statistic as "0.700 ± 0.012" (tables of experiments and of the report)."""
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
@@ -364,9 +365,9 @@ def markdown_table(kind: str, summary: dict, seeds: Sequence[int]) -> str:
         "|---|" + "---|" * len(models),
     ]
     for variant, row in summary["variants"].items():
-        lines.append(f"| {variant} | " + " | ".join(_cell(row[m]) for m in models) + " |")
+        lines.append(f"| {variant} | " + " | ".join(mean_std(row[m]) for m in models) + " |")
     avg = summary["average"]
-    lines.append("| **average** | " + " | ".join(f"**{_cell(avg[m])}**" for m in models) + " |")
+    lines.append("| **average** | " + " | ".join(f"**{mean_std(avg[m])}**" for m in models) + " |")
     lines += [
         "",
         "Mann-Whitney U, ensemble vs each model (two-sided; A12 = P(ensemble > model)):",
@@ -417,8 +418,8 @@ def rich_table(kind: str, summary: dict, seeds: Sequence[int]) -> Table:
         for m in models:
             table.add_row(
                 m,
-                *(_cell(row[m]) for row in summary["variants"].values()),
-                _cell(summary["average"][m]),
+                *(mean_std(row[m]) for row in summary["variants"].values()),
+                mean_std(summary["average"][m]),
                 "" if m == "ensemble" else f"{mw[m]['p']:.3f}",
             )
         return table
@@ -427,8 +428,10 @@ def rich_table(kind: str, summary: dict, seeds: Sequence[int]) -> Table:
     for m in models:
         table.add_column(m, justify="right")
     for variant, row in summary["variants"].items():
-        table.add_row(variant, *(_cell(row[m]) for m in models))
-    table.add_row("[bold]average[/]", *(f"[bold]{_cell(summary['average'][m])}[/]" for m in models))
+        table.add_row(variant, *(mean_std(row[m]) for m in models))
+    table.add_row(
+        "[bold]average[/]", *(f"[bold]{mean_std(summary['average'][m])}[/]" for m in models)
+    )
     mw = summary["mann_whitney"]
     table.add_row(
         "MWU p (ens. vs)", *("" if m == "ensemble" else f"{mw[m]['p']:.3f}" for m in models)

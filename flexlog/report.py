@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flexlog.evaluate import mann_whitney
+from flexlog.experiment import mean_std
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -95,10 +96,6 @@ def _rows(runs: Sequence[dict]) -> dict[str, dict]:
     return rows
 
 
-def _cell(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-
-
 def _mwu(rows: dict, name: str) -> str:
     if REFERENCE not in rows or name == REFERENCE:
         return ""
@@ -119,10 +116,10 @@ def results_table(kind: str, runs: Sequence[dict], *, published: bool) -> list[s
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     best = max(rows, key=lambda n: rows[n]["average"]["mean"])
     for name, row in rows.items():
-        avg = _cell(row["average"])
+        avg = mean_std(row["average"])
         cells = [
             f"**{name}**" if name == best else name,
-            *(_cell(row["variants"][v]) for v in variants),
+            *(mean_std(row["variants"][v]) for v in variants),
             f"**{avg}**" if name == best else avg,
         ]
         if published:
@@ -306,7 +303,7 @@ def build_report(runs_dir: Path, out_dir: Path, link_base: Path | None = None) -
             by = {x: s for x, s in points}
             md.append(
                 f"| {n} | "
-                + " | ".join(_cell(by[2 * s]) if 2 * s in by else "" for s in sizes)
+                + " | ".join(mean_std(by[2 * s]) if 2 * s in by else "" for s in sizes)
                 + " |"
             )
         _plot_lines(series, out_dir / "training-size.png", "ADFA-U", "training samples")
@@ -324,7 +321,9 @@ def build_report(runs_dir: Path, out_dir: Path, link_base: Path | None = None) -
         ]
         for n, row in without_rows.items():
             if n in with_rows and "(" in n:
-                md.append(f"| {n} | {_cell(with_rows[n]['average'])} | {_cell(row['average'])} |")
+                md.append(
+                    f"| {n} | {mean_std(with_rows[n]['average'])} | {mean_std(row['average'])} |"
+                )
         md.append("")
     llm = [r for r in runs if r["kind"] == "llm-adfa-u"]
     for r in llm:
@@ -365,7 +364,7 @@ def llm_section(run: dict) -> list[str]:
         label, pub = names.get(key, (key, None))
         share = s.get("llm_asked_share", {}).get(key)
         lines.append(
-            f"| {label} | {_cell(stat)} | {'' if pub is None or not complete else f'{pub:.3f}'} "
+            f"| {label} | {mean_std(stat)} | {'' if pub is None or not complete else f'{pub:.3f}'} "
             f"| {'' if share is None else f'{100 * share:.0f} %'} |"
         )
     if s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0):
