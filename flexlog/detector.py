@@ -11,10 +11,9 @@ dead backend costs one timeout per rest period rather than one per request.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -166,12 +165,21 @@ class Detector:
         )
         return self
 
-    def predict(self, batch: Sequence[LogSequence]) -> list[Verdict]:
-        """Answer a batch in input order; each distinct unseen sequence is voted on once."""
+    def predict(
+        self,
+        batch: Sequence[LogSequence],
+        *,
+        vote: Callable[[Sequence[LogSequence]], list[Verdict]] | None = None,
+    ) -> list[Verdict]:
+        """Answer a batch in input order; each distinct unseen sequence is voted on once.
+
+        ``vote`` answers the sequences the cache does not know (default :meth:`vote`); a
+        service passes one that pools the misses of concurrent requests into micro-batches.
+        """
         answers = self.lookup(batch)
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if missing:
-            voted = self.vote([batch[i] for i in missing])
+            voted = (vote or self.vote)([batch[i] for i in missing])
             for i, verdict in zip(missing, voted, strict=True):
                 answers[i] = verdict
         return answers  # type: ignore[return-value]
@@ -188,7 +196,7 @@ class Detector:
 
         try:
             entries = self.cache.get_many([seq.events for seq in batch])
-        except (sqlite3.Error, CacheError) as exc:
+        except CacheError as exc:
             self._cache_failed("lookup", exc)
             return [None] * n
         answers: list[Verdict | None] = []
@@ -329,7 +337,7 @@ class Detector:
 
         try:
             self.cache.add_many(fresh)  # type: ignore[union-attr]
-        except (sqlite3.Error, CacheError) as exc:
+        except CacheError as exc:
             self._cache_failed("write", exc)
 
     def _cache_failed(self, what: str, exc: Exception) -> None:

@@ -12,8 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from flexlog.cache import SCHEMA_VERSION, CacheEntry, CacheError, SequenceCache, key_of
+from flexlog.cache import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    CacheEntry,
+    CacheError,
+    MemoryStore,
+    SequenceCache,
+    SQLiteStore,
+    Store,
+    key_of,
+)
+from flexlog.cache.eviction import choose_victims, excess, victims_by_recency
+from flexlog.cache.memory import MemoryLRU
 from flexlog.data.records import InputError
+from flexlog.detector import Detector
 
 A = ("E5", "E22", "E5")
 B = ("E1", "E2")
@@ -475,3 +488,271 @@ def test_thread_safety_smoke(tmp_path: Path, mode: str) -> None:
         s = c.stats()
         assert s["lookups"] == s["hits"] + s["misses"] == sum(lookups)
         assert s["entries"] <= 300 and s["errors"] == 0
+
+
+# ---------------------------------------------------------------- the eviction policy
+
+
+def test_excess_is_zero_within_the_bound_then_down_to_ninety_percent() -> None:
+    assert excess(10, 10) == 0 and excess(0, 1) == 0
+    assert excess(11, 10) == 2  # down to 9
+    assert excess(1001, 1000) == 101  # down to 900
+    assert excess(2, 1) == 1  # tiny bounds: at least one below the bound
+
+
+def test_choose_victims_takes_model_answers_first_and_lazily() -> None:
+    taken: list[str] = []
+
+    def stream(keys: list[str]):
+        for key in keys:
+            taken.append(key)
+            yield key
+
+    model = [f"m{i}" for i in range(5)]
+    human = [f"h{i}" for i in range(5)]
+    # 11 entries, bound 8: evict down to 7, i.e. 4, all model answers; humans untouched
+    assert choose_victims(11, 8, stream(model), stream(human)) == ["m0", "m1", "m2", "m3"]
+    assert taken == ["m0", "m1", "m2", "m3"]
+    # not enough model answers: then the least recently used humans
+    assert choose_victims(12, 5, iter(model), iter(human)) == [*model, "h0", "h1", "h2"]
+    assert choose_victims(5, 5, iter(model), iter(human)) == []
+
+
+def test_victims_by_recency_orders_each_source_by_last_used() -> None:
+    entries = [
+        ("a", "model", 5.0),
+        ("h1", "human", 1.0),
+        ("b", "model", 2.0),
+        ("c", "model", 9.0),
+        ("h2", "human", 0.5),
+    ]
+    assert victims_by_recency(entries, 5) == []
+    assert victims_by_recency(entries, 4) == ["b", "a"]  # down to 3
+    assert victims_by_recency(entries, 2) == ["b", "a", "c", "h2"]  # down to 1: humans last
+
+
+def test_memory_lru_reports_what_it_pushes_out_and_keeps_its_order() -> None:
+    pushed: list[str] = []
+    lru = MemoryLRU(3, pushed.append)
+
+    def entry(k: str) -> CacheEntry:
+        return CacheEntry(k, (k,), 0, "model")
+
+    for k in "abc":
+        lru.put(entry(k))
+    assert lru.get("a") is not None  # a is now the most recent
+    assert [e.key for e in lru.oldest_first()] == ["b", "c", "a"]
+    lru.put(entry("d"))
+    assert pushed == ["b"] and lru.evictions == 1 and "b" not in lru
+    assert lru.peek("c") is not None and [e.key for e in lru.oldest_first()] == ["c", "a", "d"]
+    assert [e.key for e in lru.drain()] == ["c", "a", "d"] and len(lru) == 0
+    assert pushed == ["b"]  # draining is no eviction
+    nothing = MemoryLRU(0, pushed.append)
+    nothing.put(entry("x"))
+    assert len(nothing) == 0 and pushed == ["b", "x"]
+
+
+def test_stores_implement_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(MemoryStore(10), Store)
+    store = SQLiteStore(tmp_path / "s.sqlite", max_entries=10)
+    try:
+        assert isinstance(store, Store) and not store.in_memory
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- refused input
+
+
+SURROGATE = ("E1", "bad\udfff", "E2")
+
+
+def test_key_of_refuses_lone_surrogates() -> None:
+    with pytest.raises(ValueError, match=r"event 1 contains a lone surrogate"):
+        key_of(SURROGATE)
+    with pytest.raises(ValueError, match="surrogate"):
+        key_of(("\ud800",))
+    assert key_of(("é", "日本", "🙂")) == hashlib.sha256("é\x1f日本\x1f🙂".encode()).hexdigest()
+
+
+def test_surrogate_events_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path) as c:
+        for call in (
+            lambda: c.update(SURROGATE, 1),
+            lambda: c.add(SURROGATE, 1),
+            lambda: c.add_many([(A, 1, None), (SURROGATE, 0, None)]),
+            lambda: c.get(SURROGATE),
+            lambda: c.get_many([A, SURROGATE]),
+            lambda: c.delete(SURROGATE),
+            lambda: c.history(SURROGATE),
+            lambda: c.undo(SURROGATE),
+            lambda: c.add(A, 1, {"v\udfff": 1}),
+            lambda: c.update(A, 1, actor="x\udfff"),
+            lambda: c.update(A, 1, comment="\udfff"),
+        ):
+            with pytest.raises(ValueError, match=r"surrogate|Unicode"):
+                call()
+        assert len(c) == 0 and c.stats()["errors"] == 0
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+        assert raw.execute("SELECT count(*) FROM corrections").fetchone()[0] == 0
+    finally:
+        raw.close()
+
+
+# ---------------------------------------------------------------- only CacheError
+
+
+def test_locked_database_raises_cache_error_on_explicit_edits(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, timeout=0.05) as c:
+        c.add(A, 1, VOTES)
+        c.update(B, 1)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            for call, what in (
+                (lambda: c.update(A, 0), "save the correction"),
+                (lambda: c.delete(A), "delete"),
+                (lambda: c.undo(B), "undo"),
+                (lambda: c.clear(), "clear"),
+            ):
+                with pytest.raises(CacheError, match=what) as info:
+                    call()
+                assert not isinstance(info.value, sqlite3.Error)
+                assert "locked" in str(info.value) and str(path) in str(info.value)
+            assert c.stats()["errors"] == 4
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # nothing was changed or recorded by the failed edits
+        assert (c.get(A).label, c.get(A).source) == (1, "model")
+        assert [h.action for h in c.history(B)] == ["set"] and c.history(A) == []
+
+
+def test_detector_absorbs_cache_errors(tmp_path: Path) -> None:
+    from flexlog.data.records import LogSequence
+    from flexlog.detector import make_detector
+
+    cache = SequenceCache(tmp_path / "c.sqlite")
+    cache.close()  # every call now raises CacheError
+    det = Detector(make_detector(["knn"]).ensemble, cache)
+    assert det.lookup([LogSequence("s1", A), LogSequence("s2", B)]) == [None, None]
+    det._cache_add([(A, 1, {})])
+    assert det.stats.cache_errors == 2
+
+
+# ---------------------------------------------------------------- schema versions
+
+# The schema of version 1, as flexlog wrote it before the corrections table.
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key       TEXT PRIMARY KEY,
+    n_events  INTEGER NOT NULL,
+    events    TEXT NOT NULL,
+    label     INTEGER NOT NULL CHECK (label IN (0, 1)),
+    source    TEXT NOT NULL CHECK (source IN ('model', 'human')),
+    votes     TEXT NOT NULL DEFAULT '{}',
+    created   REAL NOT NULL,
+    updated   REAL NOT NULL,
+    last_used INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_eviction ON entries (source, last_used);
+"""
+
+
+def _make_v1(path: Path) -> str:
+    """A version-1 cache file with A (model) and B (human); the entries table's SQL."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.executescript(V1_SCHEMA)
+        raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        raw.execute("PRAGMA user_version = 1")
+        raw.execute("PRAGMA journal_mode = WAL")
+        votes = '{"llm":1,"knn":0,"dt":1}'
+        rows = [
+            (key_of(A), 3, '["E5","E22","E5"]', 1, "model", votes, 1.0, 1.0, 1),
+            (key_of(B), 2, '["E1","E2"]', 0, "human", "{}", 2.0, 2.0, 2),
+        ]
+        raw.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return raw.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()[0]
+    finally:
+        raw.close()
+
+
+def _header(path: Path) -> tuple[int, bool]:
+    raw = sqlite3.connect(path)
+    try:
+        version = raw.execute("PRAGMA user_version").fetchone()[0]
+        log = raw.execute("SELECT 1 FROM sqlite_master WHERE name = 'corrections'").fetchone()
+        return version, log is not None
+    finally:
+        raw.close()
+
+
+def test_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    entries_sql = _make_v1(path)
+    with SequenceCache(path) as c:
+        assert _header(path) == (SCHEMA_VERSION, True) and SCHEMA_VERSION == 2
+        assert c.get(A) == CacheEntry(key_of(A), A, 1, "model", VOTES)
+        assert (c.get(B).label, c.get(B).source) == (0, "human")
+        assert c.history(A) == []
+        c.update(A, 0, actor="cli:test", comment="migrated")
+    with SequenceCache(path) as c:
+        (h,) = c.history(A)
+        assert (h.action, h.previous_label, h.new_label, h.comment) == ("set", 1, 0, "migrated")
+        assert len(c) == 2
+    raw = sqlite3.connect(path)
+    try:  # the entries table is unchanged
+        sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()[0]
+        assert sql == entries_sql
+    finally:
+        raw.close()
+
+
+def test_version_1_file_read_only_works_without_history(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _make_v1(path)
+    with SequenceCache(path, read_only=True) as c:
+        assert c.get(A).label == 1 and c.get(key_of(B)).source == "human"
+        assert c.history(A) == [] and c.history(B) == []
+        with pytest.raises(CacheError, match="read-only"):
+            c.undo(B)
+        assert c.stats()["entries"] == 2
+    assert _header(path) == (1, False)  # untouched
+
+
+def test_version_1_file_locked_at_open_is_upgraded_by_the_first_edit(
+    tmp_path: Path, caplog
+) -> None:
+    path = tmp_path / "v1.sqlite"
+    _make_v1(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer: readers go on, the upgrade must wait
+    try:
+        with caplog.at_level(logging.WARNING, logger="flexlog.cache"):
+            c = SequenceCache(path, timeout=0.05)
+        assert any("upgrade" in r.getMessage() for r in caplog.records)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with c:
+        assert c.get(A).label == 1 and c.history(A) == []
+        assert _header(path) == (1, False)
+        c.update(A, 0)
+        assert [h.action for h in c.history(A)] == ["set"]
+    assert _header(path) == (SCHEMA_VERSION, True)
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+def test_answers_evicted_by_their_own_batch_are_not_served(tmp_path: Path, mode: str) -> None:
+    path = None if mode == "memory" else tmp_path / "c.sqlite"
+    with SequenceCache(path, max_entries=5) as c:
+        c.add_many([(seq(i), 1, None) for i in range(10)])
+        assert len(c) == 4
+        got = c.get_many([seq(i) for i in range(10)])
+        assert [e is not None for e in got] == [False] * 6 + [True] * 4  # the newest stay
+        assert c.stats()["evictions"] == 6
