@@ -20,9 +20,11 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sklearn
@@ -35,6 +37,9 @@ from flexlog.ensemble import VotingEnsemble
 from flexlog.vote_rules import rule_from_json
 from flexlog.voters.base import BundleFormatError
 from flexlog.voters.registry import voter_class
+
+if TYPE_CHECKING:
+    from flexlog.cache import SequenceCache
 
 FORMAT = "flexlog-bundle"
 FORMAT_VERSION = 1
@@ -172,6 +177,8 @@ def read_manifest(path: str | Path) -> dict:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{mpath}: corrupt manifest ({exc})") from exc
+    except RecursionError:
+        raise BundleError(f"{mpath}: corrupt manifest (nested too deeply)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not a flexlog bundle manifest")
     version = manifest.get("format_version")
@@ -208,16 +215,37 @@ def _voter_dir(path: Path, name: object, files: dict) -> Path:
     return vdir
 
 
-def load_bundle(path: str | Path, *, cache=None) -> Bundle:
-    """Load a bundle after checking its manifest; ``cache`` is attached to the detector."""
+def load_bundle(
+    path: str | Path,
+    *,
+    cache: SequenceCache | None = None,
+    voter_params: Mapping[str, Mapping[str, Any]] | None = None,
+    tolerate: Iterable[type[BaseException]] = (),
+    retry_after: float = 30.0,
+    short_circuit: bool = True,
+) -> Bundle:
+    """Load a bundle after checking its manifest, and build its detector complete.
+
+    ``cache`` answers sequences seen before; ``voter_params`` (voter name → parameters)
+    override saved parameters, e.g. to point an LLM voter at another server; ``tolerate``,
+    ``retry_after`` and ``short_circuit`` go to :class:`~flexlog.detector.Detector`.
+    """
     path = Path(path)
     manifest = read_manifest(path)
+    overrides = dict(voter_params or {})
+    names = {e.get("name") for e in manifest["voters"] if isinstance(e, dict)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"{path}: no voter named {unknown[0]!r} to set parameters of")
     voters = []
     for entry in manifest["voters"]:
         try:
             name, kind, params = entry["name"], entry["voter"], entry["params"]
         except (KeyError, TypeError) as exc:
             raise BundleError(f"{path}/{MANIFEST}: malformed voter entry {entry!r}") from exc
+        if not isinstance(params, dict):
+            raise BundleError(f"{path}/{MANIFEST}: voter {name!r}: params must be an object")
+        params = {**params, **overrides.get(name, {})}
         try:
             cls = voter_class(kind)
         except ValueError as exc:
@@ -234,7 +262,10 @@ def load_bundle(path: str | Path, *, cache=None) -> Bundle:
     )
     parser_state = None
     if "parser.json" in manifest["files"]:
-        parser_state = json.loads((path / "parser.json").read_text(encoding="utf-8"))
+        try:
+            parser_state = json.loads((path / "parser.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise BundleError(f"{path}/parser.json: corrupt parser state ({exc})") from None
     ensemble = manifest.get("ensemble", {})
     if not isinstance(ensemble, dict):
         raise BundleError(f"{path}/{MANIFEST}: 'ensemble' must be an object")
@@ -243,5 +274,11 @@ def load_bundle(path: str | Path, *, cache=None) -> Bundle:
         built = VotingEnsemble(voters, rule, order=ensemble.get("order"))
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{path}/{MANIFEST}: ensemble: {exc}") from exc
-    detector = Detector(built, cache=cache)
+    detector = Detector(
+        built,
+        cache=cache,
+        tolerate=tolerate,
+        retry_after=retry_after,
+        short_circuit=short_circuit,
+    )
     return Bundle(path, detector, manifest, templates, parser_state)

@@ -3,14 +3,21 @@
 ``create_app(bundle_or_path, settings)`` builds the FastAPI app; ``flexlog serve`` runs it
 with uvicorn. Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (the user content is a log sequence, the answer ``normal`` or
-``anomalous``), ``POST /v1/detect`` (native batch), ``GET|PUT|DELETE /v1/cache/{key}`` and
-``GET /v1/cache/stats`` (human corrections), ``GET /healthz``, ``GET /readyz`` and
-``GET /metrics``. Errors are OpenAI error objects; no stack trace ever reaches a client.
+``anomalous``), ``POST /v1/detect`` (native batch), ``GET|PUT|DELETE /v1/cache/{key}``,
+``GET /v1/cache/{key}/history``, ``POST /v1/cache/{key}/undo`` and ``GET /v1/cache/stats``
+(audited human corrections, see :mod:`flexlog.serve.auth` for the roles), ``GET /healthz``,
+``GET /readyz`` and ``GET /metrics``.
+
+Every error is an OpenAI error object with a 4xx status for anything a client sent (5xx only
+for the service's own faults, never with a stack trace), and the connection stays usable.
+Request bodies are parsed by pydantic-core's JSON parser, which refuses invalid Unicode
+(lone surrogates) and numbers out of range before any handler sees them.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import json
 import logging
 import time
 import uuid
@@ -19,29 +26,36 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+import pydantic_core
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flexlog import __version__
-from flexlog.bundle import Bundle
 from flexlog.cache import key_of
 from flexlog.data.records import LogSequence, parse_record
 from flexlog.detector import Verdict
 
-from .content import ContentError, is_key
+from .auth import Caller, KeyRing, Role
+from .content import ContentError, ParseTimeout, is_key
 from .errors import APIError
 from .metrics import CONTENT_TYPE
 from .schemas import (
     CACHE_KEY_PATTERN,
+    MAX_COMMENT,
     AssistantMessage,
+    CacheCorrectionOut,
     CacheDeleted,
     CacheEntryOut,
+    CacheHistory,
+    CacheUndo,
     CacheUpdate,
     ChatChoice,
     ChatCompletion,
@@ -77,7 +91,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "Invalid request"),
         (401, "Missing or wrong API key"),
+        (403, "The key's role may not do this (cache corrections need an admin key)"),
         (404, "Unknown model or cache entry"),
+        (408, "The request body or its raw log lines took too long"),
         (413, "Request or batch too large"),
         (422, "Request body does not match the schema"),
         (503, "No voter can answer, or the service is busy"),
@@ -86,10 +102,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 CacheKey = Annotated[str, PathParam(pattern=CACHE_KEY_PATTERN, description="64 hex digits")]
 
 
-def create_app(bundle_or_path: Bundle | str | Path, settings: Settings | None = None) -> FastAPI:
-    """The service for a bundle (loaded and checked here, so a bad bundle fails at once)."""
+def create_app(bundle: str | Path, settings: Settings | None = None) -> FastAPI:
+    """The service for a bundle directory (loaded and checked here, so a bad bundle fails at
+    once)."""
     settings = settings or Settings()
-    service = Service.load(bundle_or_path, settings)
+    service = Service.load(bundle, settings)
+    keys = KeyRing(settings.api_keys, settings.admin_api_keys)
+    protect_ops = keys.required and not settings.public_metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,14 +123,65 @@ def create_app(bundle_or_path: Bundle | str | Path, settings: Settings | None = 
         version=__version__,
         summary="Log anomaly detection behind an OpenAI-compatible API",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would echo the Host header
+        docs_url=None if protect_ops else "/docs",
+        redoc_url=None if protect_ops else "/redoc",
+        openapi_url=None if protect_ops else "/openapi.json",
     )
     app.state.service = service
+    app.state.settings = settings
     _install_errors(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout
+    )
     app.add_middleware(RequestMetrics, service=service)
-    app.include_router(_api_router(service, settings))
-    app.include_router(_ops_router(service))
+    app.add_middleware(ContainErrors)
+    app.include_router(_api_router(service, settings, keys))
+    ops = [Depends(keys.dependency(Role.READ))] if protect_ops else []
+    app.include_router(_ops_router(service, ops))
+    if protect_ops:
+        _protected_docs(app, ops)
     return app
+
+
+def _protected_docs(app: FastAPI, dependencies: list) -> None:
+    """The OpenAPI schema and Swagger UI behind a key (``--public-metrics`` opens them)."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="flexlog")
+
+
+# -- request bodies ----------------------------------------------------------------------------
+class StrictJSONRequest(Request):
+    """A request whose JSON body is parsed by pydantic-core: faster than ``json.loads`` and
+    strict where ``json.loads`` is not (lone surrogates, which no response could encode, and
+    integers too large to convert are refused as invalid JSON)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body)
+            except ValueError as exc:
+                raise json.JSONDecodeError(str(exc), "", 0) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Routes that hand their endpoints a :class:`StrictJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return route
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -144,20 +214,46 @@ def _install_errors(app: FastAPI) -> None:
             message = f"No such endpoint: {request.method} {request.url.path}"
         return APIError(exc.status_code, message, headers=exc.headers).response()
 
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return APIError(500, "The server had an error processing the request").response()
-
 
 # -- middleware --------------------------------------------------------------------------------
+class ContainErrors:
+    """Answer an unexpected error with an OpenAI-style 500 here, so it does not reach
+    uvicorn, which would close the connection without telling the client."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            logger.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=exc)
+            error = APIError(500, "The server had an error processing the request")
+            await error.response()(scope, receive, send)
+
+
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413, whether or not they declare a
-    Content-Length; the body is read here and replayed to the app."""
+    Content-Length, and bodies that do not arrive within ``timeout`` seconds with 408 (and
+    close that connection); the body is read here and replayed to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,8 +273,20 @@ class BodyLimit:
                 await self._refuse(scope, receive, send)
                 return
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
-            message = await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except asyncio.TimeoutError:
+                error = APIError(
+                    408,
+                    f"The request body did not arrive within {self.timeout:g} s",
+                    code="request_timeout",
+                    headers={"Connection": "close"},
+                )
+                await error.response()(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -239,30 +347,14 @@ class RequestMetrics:
 
 
 # -- the OpenAI-compatible and native API ------------------------------------------------------
-def _auth_dependency(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    keys = [k.encode() for k in settings.api_keys]
-
-    async def check(request: Request) -> None:
-        if not keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip().encode()
-        matched = False
-        for key in keys:  # compare with every key, in constant time
-            matched |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not matched:
-            message = "Incorrect API key provided" if token else "Missing bearer API key"
-            raise APIError(
-                401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    return check
-
-
-def _api_router(service: Service, settings: Settings) -> APIRouter:
+def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRouter:
     router = APIRouter(
-        prefix="/v1", dependencies=[Depends(_auth_dependency(settings))], responses=_ERRORS
+        prefix="/v1",
+        dependencies=[Depends(keys.dependency(Role.READ))],
+        responses=_ERRORS,
+        route_class=StrictJSONRoute,
     )
+    admin = Depends(keys.dependency(Role.ADMIN))
     ensemble = settings.model_name
 
     def card(model: str) -> ModelCard:
@@ -281,12 +373,16 @@ def _api_router(service: Service, settings: Settings) -> APIRouter:
         return card(voter or ensemble)
 
     async def read_sequences(prompts: list[str], ids: list[str], fmt: str | None, param: str):
+        deadline = time.monotonic() + settings.parse_timeout
         try:
             return await run_in_threadpool(
                 lambda: [
-                    service.reader.sequence(p, i, fmt) for p, i in zip(prompts, ids, strict=True)
+                    service.reader.sequence(p, i, fmt, deadline=deadline)
+                    for p, i in zip(prompts, ids, strict=True)
                 ]
             )
+        except ParseTimeout as exc:
+            raise _parse_timeout(exc, param) from exc
         except ContentError as exc:
             raise APIError(400, str(exc), code="invalid_log_sequence", param=param) from exc
 
@@ -420,7 +516,10 @@ def _api_router(service: Service, settings: Settings) -> APIRouter:
                     body.partition,
                     window=body.window,
                     step=body.step,
+                    deadline=time.monotonic() + settings.parse_timeout,
                 )
+            except ParseTimeout as exc:
+                raise _parse_timeout(exc, "lines") from exc
             except ContentError as exc:
                 raise APIError(400, str(exc), code="invalid_log_lines", param="lines") from exc
             if len(parsed) > settings.max_batch:
@@ -475,12 +574,27 @@ def _api_router(service: Service, settings: Settings) -> APIRouter:
     async def cache_get(key: CacheKey) -> CacheEntryOut:
         return _entry(await run_in_threadpool(service.cache_get, key.lower()))
 
+    @router.get("/cache/{key}/history", response_model=CacheHistory, tags=["cache"])
+    async def cache_history(key: CacheKey) -> CacheHistory:
+        """Every correction of a sequence, oldest first: who, when, the label before and
+        after, the comment."""
+        corrections = await run_in_threadpool(service.cache_history, key.lower())
+        return CacheHistory(key=key.lower(), data=[_correction(c) for c in corrections])
+
     @router.put("/cache/{key}", response_model=CacheEntryOut, tags=["cache"])
-    async def cache_put(key: CacheKey, body: CacheUpdate) -> CacheEntryOut:
-        """Correct the label of a sequence (a human answer, which wins over the models)."""
+    async def cache_put(key: CacheKey, body: CacheUpdate, caller: Caller = admin) -> CacheEntryOut:
+        """Correct the label of a sequence (a human answer, which wins over the models);
+        recorded in its history. Needs an admin key."""
         key = key.lower()
         if body.events is not None:
-            if not all(isinstance(e, str) and is_key(e) for e in body.events):
+            if len(body.events) > settings.max_events:
+                raise APIError(
+                    413,
+                    f"{len(body.events)} events, over the limit of {settings.max_events}",
+                    code="sequence_too_long",
+                    param="events",
+                )
+            if not all(is_key(e) for e in body.events):
                 raise APIError(
                     400,
                     "events must be event keys (no whitespace or control characters)",
@@ -490,20 +604,41 @@ def _api_router(service: Service, settings: Settings) -> APIRouter:
             if key_of(body.events) != key:
                 raise APIError(400, "The key is not the cache key of these events", param="events")
         label = body.label if isinstance(body.label, int) else int(body.label == "anomalous")
-        entry = await run_in_threadpool(service.cache_update, key, label, body.events)
+        entry = await run_in_threadpool(
+            service.cache_update, key, label, body.events, caller.actor, body.comment
+        )
         return _entry(entry)
 
     @router.delete("/cache/{key}", response_model=CacheDeleted, tags=["cache"])
-    async def cache_delete(key: CacheKey) -> CacheDeleted:
-        """Forget a sequence's answer; the next request votes again."""
-        await run_in_threadpool(service.cache_delete, key.lower())
+    async def cache_delete(
+        key: CacheKey,
+        comment: Annotated[str | None, Query(max_length=MAX_COMMENT)] = None,
+        caller: Caller = admin,
+    ) -> CacheDeleted:
+        """Forget a sequence's answer (the next request votes again); recorded in its
+        history. Needs an admin key."""
+        await run_in_threadpool(service.cache_delete, key.lower(), caller.actor, comment)
         return CacheDeleted(key=key.lower(), deleted=True)
+
+    @router.post("/cache/{key}/undo", response_model=CacheHistory, tags=["cache"])
+    async def cache_undo(
+        key: CacheKey, body: CacheUndo | None = None, caller: Caller = admin
+    ) -> CacheHistory:
+        """Undo the latest correction of a sequence not undone yet; answers the history,
+        whose last item is the undo. Needs an admin key."""
+        comment = body.comment if body is not None else None
+        corrections = await run_in_threadpool(
+            service.cache_undo, key.lower(), caller.actor, comment
+        )
+        return CacheHistory(key=key.lower(), data=[_correction(c) for c in corrections])
 
     return router
 
 
-def _ops_router(service: Service) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+def _ops_router(service: Service, dependencies: list) -> APIRouter:
+    """Probes (always open) and metrics (behind a key when keys are set, unless
+    ``--public-metrics``)."""
+    router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)
 
     @router.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -518,7 +653,7 @@ def _ops_router(service: Service) -> APIRouter:
         health = Health(status="ready" if ready else "not ready", checks=checks)
         return JSONResponse(health.model_dump(), status_code=200 if ready else 503)
 
-    @router.get("/metrics", response_class=Response)
+    @router.get("/metrics", response_class=Response, dependencies=dependencies)
     async def metrics() -> Response:
         """Prometheus metrics."""
         body = await run_in_threadpool(service.metrics.render)
@@ -597,6 +732,29 @@ def _entry(entry: Any) -> CacheEntryOut:
         source=entry.source,
         votes=dict(entry.votes),
     )
+
+
+def _correction(c: Any) -> CacheCorrectionOut:
+    def name(label: int | None) -> str | None:
+        return None if label is None else ("anomalous" if label else "normal")
+
+    return CacheCorrectionOut(
+        id=c.id,
+        key=c.key,
+        time=c.time,
+        actor=c.actor,
+        action=c.action,
+        previous_label=name(c.previous_label),
+        previous_source=c.previous_source,
+        new_label=name(c.new_label),
+        new_source=c.new_source,
+        comment=c.comment,
+        undoes=c.undoes,
+    )
+
+
+def _parse_timeout(exc: ParseTimeout, param: str) -> APIError:
+    return APIError(408, str(exc), code="parse_timeout", param=param)
 
 
 def _batch_too_large(n: int, limit: int, param: str) -> APIError:

@@ -15,10 +15,15 @@ _LIMITS = {
     "max_batch": (int, "sequences or prompts per request (default 1024)"),
     "max_lines": (int, "raw log lines per request (default 100000)"),
     "max_events": (int, "events per sequence (default 100000)"),
+    "max_line_chars": (int, "characters per raw log line; longer ones are rejected (default 65536)"),
     "batch_size": (int, "sequences per micro-batch of the voters (default 256)"),
     "batch_wait_ms": (float, "wait to fill a micro-batch, ms (default 2)"),
     "retry_after": (float, "seconds a failed voter rests before it is asked again (default 15)"),
     "request_timeout": (float, "seconds to answer a request before 503 (default 600)"),
+    "parse_timeout": (float, "seconds to parse a request's raw log lines before 408 (default 10)"),
+    "body_timeout": (float, "seconds to receive a request body before 408 (default 30)"),
+    "max_connections": (int, "open connections before new ones get 503 (default 1024)"),
+    "keep_alive": (float, "seconds an idle keep-alive connection stays open (default 5)"),
     "cache_timeout": (float, "seconds to wait for a locked cache database (default 0.25)"),
 }
 
@@ -35,9 +40,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--api-key",
         action="append",
         default=[],
-        help="accepted bearer key (repeatable); better: $FLEXLOG_API_KEYS or --api-keys-file",
+        help="read key: detect, chat, completions, cache reads (repeatable); better: "
+        "$FLEXLOG_API_KEYS or --api-keys-file",
     )
-    s.add_argument("--api-keys-file", help="file with one accepted key per line")
+    s.add_argument("--api-keys-file", help="file with one read key per line")
+    s.add_argument(
+        "--admin-api-key",
+        action="append",
+        default=[],
+        help="admin key: also corrects the cache (repeatable); better: "
+        "$FLEXLOG_ADMIN_API_KEYS or --admin-api-keys-file",
+    )
+    s.add_argument("--admin-api-keys-file", help="file with one admin key per line")
+    s.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help="serve /metrics, /docs and /openapi.json without a key when keys are set",
+    )
     s.add_argument(
         "--cache",
         default="bundle",
@@ -79,17 +98,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_serve_bench)
 
 
-def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
-    from .settings import api_keys_from_env
+def _api_keys(given: list[str], option: str, env: str, keys_file: str | None) -> tuple[str, ...]:
+    """The keys from the options, the environment and a file; any source that is configured
+    but empty stops the server (fail closed) with a message naming it."""
+    from .settings import api_keys_from_env, api_keys_from_file
 
-    keys = [*args.api_key, *api_keys_from_env()]
-    if args.api_keys_file:
-        try:
-            text = Path(args.api_keys_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"{args.api_keys_file}: cannot read API keys ({exc})") from exc
-        keys += [line.strip() for line in text.splitlines() if line.strip()]
-    return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
+    for key in given:
+        if not key.strip():
+            raise ValueError(f"{option} was given an empty key")
+    keys = [k.strip() for k in given]
+    keys += api_keys_from_env(env)
+    if keys_file is not None:
+        keys += api_keys_from_file(keys_file)
+    return tuple(dict.fromkeys(keys))
 
 
 def _is_loopback(host: str) -> bool:
@@ -106,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from .app import create_app
         from .runner import serve_forever
-        from .settings import Settings
+        from .settings import ADMIN_API_KEYS_ENV, API_KEYS_ENV, Settings
     except ImportError as exc:
         raise ValueError(f"flexlog serve needs the 'serve' extra of flexlog: {exc}") from exc
 
@@ -115,7 +136,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings(
             host=args.host,
             port=args.port,
-            api_keys=_api_keys(args),
+            api_keys=_api_keys(args.api_key, "--api-key", API_KEYS_ENV, args.api_keys_file),
+            admin_api_keys=_api_keys(
+                args.admin_api_key,
+                "--admin-api-key",
+                ADMIN_API_KEYS_ENV,
+                args.admin_api_keys_file,
+            ),
+            public_metrics=args.public_metrics,
             cache=args.cache,
             model_name=args.model_name,
             llm_base_url=args.llm_base_url,
@@ -132,14 +160,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not settings.api_keys and not _is_loopback(settings.host):
+    if not settings.auth and not _is_loopback(settings.host):
         print(
             f"warning: serving on {settings.host} without API keys; anyone who can reach it "
-            "can use and edit the cache",
+            "can use it (cache corrections over HTTP stay refused without an admin key)",
             file=sys.stderr,
         )
     app = create_app(Path(args.bundle), settings)
-    serve_forever(app, settings.host, settings.port, log_level=settings.log_level)
+    serve_forever(app, settings)
     return 0
 
 

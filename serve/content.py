@@ -12,13 +12,20 @@ whitespace or control characters (``"read x3"`` is the key ``read`` three times)
 is a *raw log line*, which the bundle's Drain parser (or a fresh one for the request's
 ``format``) maps to its template's key. So free text never reaches a voter, or the LLM's
 prompt, as text: it becomes a template key such as ``T1a2b3c4d``.
+
+Parsing is bounded: raw lines longer than ``max_line_chars`` are refused (a message) or
+rejected (a batch of lines), the parser's regular expressions run in linear time, and the lines
+are parsed in chunks against a deadline, so a request that would take too long gets a
+:class:`ParseTimeout` instead of holding a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,10 +37,16 @@ KEY = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
 _RUN = re.compile(r"([^\s\x00-\x1f\x7f]{1,256}) x([1-9][0-9]{0,6})")
 _PREFIX = re.compile(r"log sequence:\s*", re.IGNORECASE)
 _SOURCE = "request"
+#: Lines parsed between two looks at the deadline.
+PARSE_CHUNK = 256
 
 
 class ContentError(ValueError):
     """Content that is no usable log sequence; the message says why and is safe to show."""
+
+
+class ParseTimeout(ContentError):
+    """The raw log lines of a request took longer to parse than its deadline allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +72,11 @@ def split_items(content: str) -> list[Item]:
     if text.startswith("["):
         try:
             decoded = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also integers over 4,300 digits
             decoded = None
         if isinstance(decoded, list):
+            if not decoded:
+                raise ContentError("the list holds no events")
             values = []
             for i, v in enumerate(decoded):
                 if isinstance(v, bool) or not isinstance(v, (str, int)):
@@ -103,6 +118,7 @@ class SequenceReader:
         *,
         max_events: int = 100_000,
         max_lines: int = 100_000,
+        max_line_chars: int = 65_536,
     ):
         self._saved = TemplateParser.from_dict(parser_state) if parser_state else None
         self._lock = threading.Lock()
@@ -110,6 +126,7 @@ class SequenceReader:
         self._aligner = None
         self.max_events = max_events
         self.max_lines = max_lines
+        self.max_line_chars = max_line_chars
 
     @property
     def default_format(self) -> str:
@@ -124,8 +141,16 @@ class SequenceReader:
                 raise ContentError(str(exc)) from exc
 
     # -- one sequence per message ------------------------------------------------------------
-    def sequence(self, content: str, seq_id: str, fmt: str | None = None) -> LogSequence:
-        """The log sequence written in one message (see the module docstring)."""
+    def sequence(
+        self,
+        content: str,
+        seq_id: str,
+        fmt: str | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> LogSequence:
+        """The log sequence written in one message (see the module docstring); raw lines are
+        parsed before ``deadline`` (``time.monotonic()``) or :class:`ParseTimeout`."""
         self.check_format(fmt)
         items = split_items(content)
         total = sum(item.repeat for item in items)
@@ -134,16 +159,22 @@ class SequenceReader:
         raw = [item.text for item in items if item.raw]
         if len(raw) > self.max_lines:
             raise ContentError(f"{len(raw)} raw log lines, over the limit {self.max_lines}")
-        keys = iter(self._parse_items(raw, fmt) if raw else [])
+        for i, line in enumerate(raw, start=1):
+            if len(line) > self.max_line_chars:
+                raise ContentError(
+                    f"raw log line {i} has {len(line)} characters, over the limit "
+                    f"{self.max_line_chars}"
+                )
+        keys = iter(self._parse_items(raw, fmt, deadline) if raw else [])
         events: list[str] = []
         for item in items:
             events.extend([next(keys) if item.raw else item.text] * item.repeat)
         return LogSequence(seq_id, tuple(events))
 
-    def _parse_items(self, raw: list[str], fmt: str | None) -> list[str]:
+    def _parse_items(self, raw: list[str], fmt: str | None, deadline: float | None) -> list[str]:
         """Event keys of raw log lines; ContentError naming the first line that fails."""
         report = IngestReport()
-        parsed = self._parse(list(enumerate(raw, start=1)), fmt, report)
+        parsed = self._parse(list(enumerate(raw, start=1)), fmt, report, deadline)
         if report.rejections:
             first = report.rejections[0]
             raise ContentError(f"raw log line {first.line}: {first.reason}")
@@ -159,9 +190,12 @@ class SequenceReader:
         *,
         window: int = 20,
         step: int = 1,
+        deadline: float | None = None,
     ) -> tuple[list[LogSequence], IngestReport]:
         """Parse raw log lines and group them into sequences (by session id, or fixed or
-        sliding windows). Every non-blank line is accepted or rejected in the report."""
+        sliding windows). Every non-blank line is accepted or rejected in the report (a line
+        over ``max_line_chars`` is rejected unparsed); :class:`ParseTimeout` past
+        ``deadline``."""
         self.check_format(fmt)
         if len(lines) > self.max_lines:
             raise ContentError(f"{len(lines)} lines, over the limit {self.max_lines}")
@@ -171,8 +205,15 @@ class SequenceReader:
                 f"log format {preset.name!r} has no session id; use partition 'fixed' or 'sliding'"
             )
         report = IngestReport()
-        numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-        parsed = self._parse(numbered, fmt, report)
+        numbered = []
+        for i, line in enumerate(lines, start=1):
+            if len(line) > self.max_line_chars:
+                report.reject(
+                    _SOURCE, i, f"{len(line)} characters, over the limit {self.max_line_chars}"
+                )
+            elif line.strip():
+                numbered.append((i, line))
+        parsed = self._parse(numbered, fmt, report, deadline)
         stage = IngestReport()
         kw: dict = {"report": stage} if mode == "session" else {"size": window}
         if mode == "sliding":
@@ -193,12 +234,34 @@ class SequenceReader:
         return seqs, report
 
     # -- parsing -------------------------------------------------------------------------------
-    def _parse(self, numbered: list[tuple[int, str]], fmt: str | None, report: IngestReport):
+    def _parse(
+        self,
+        numbered: list[tuple[int, str]],
+        fmt: str | None,
+        report: IngestReport,
+        deadline: float | None,
+    ):
+        """The lines parsed in chunks, looking at the deadline between chunks. A fresh parser
+        is fitted on all lines first (in chunks too: fitting adds up), as in one call."""
+        chunks = [numbered[i : i + PARSE_CHUNK] for i in range(0, len(numbered), PARSE_CHUNK)]
         saved = self._saved
         if saved is not None and (fmt is None or get_preset(fmt).name == saved.preset.name):
-            with self._lock:  # the shared parser remembers unseen templates
-                return saved.parse(numbered, source=_SOURCE, report=report)
-        return TemplateParser(fmt or "generic").parse(numbered, source=_SOURCE, report=report)
+            # the shared parser remembers unseen templates: one chunk at a time holds it
+            return self._chunked(saved, chunks, report, deadline, self._lock)
+        parser = TemplateParser(fmt or "generic")
+        for chunk in chunks:
+            _check_deadline(deadline)
+            parser.fit(chunk)
+        return self._chunked(parser, chunks, report, deadline, contextlib.nullcontext())
+
+    @staticmethod
+    def _chunked(parser, chunks, report: IngestReport, deadline: float | None, lock):
+        parsed = []
+        for chunk in chunks:
+            _check_deadline(deadline)
+            with lock:
+                parsed += parser.parse(chunk, source=_SOURCE, report=report)
+        return parsed
 
     def _alignment(self, templates: dict[str, str]) -> dict[str, str]:
         """Unseen template keys → the closest known key (empty without bundle templates)."""
@@ -214,3 +277,8 @@ class SequenceReader:
                 self._aligner = TemplateAligner(self._templates)
             aligner = self._aligner
         return aligner.mapping(unseen)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ParseTimeout("the raw log lines took too long to parse; send fewer lines")

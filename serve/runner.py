@@ -1,27 +1,100 @@
 """Running the app with uvicorn: in the foreground (``flexlog serve``) or in a background
-thread on a loopback port (tests, benchmarks)."""
+thread on a loopback port (tests, benchmarks).
+
+Limits on slow and many clients (see the README's "Running behind a reverse proxy"):
+
+* request headers must arrive within ``Settings.body_timeout`` seconds of the connection
+  opening or of the previous response (uvicorn itself never times a half-sent request out:
+  :class:`HeaderDeadline` closes the connection);
+* the body within ``body_timeout`` (:class:`flexlog.serve.app.BodyLimit` answers 408);
+* idle keep-alive connections close after ``keep_alive`` seconds;
+* over ``max_connections`` open connections or running requests, uvicorn answers 503;
+* request header lines are bounded by h11/httptools (16 KiB incomplete event size).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from .settings import Settings
 
-def serve_forever(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:
+
+class HeaderDeadline:
+    """Mixin for uvicorn's HTTP protocols: close a connection whose request headers are not
+    complete ``header_timeout`` seconds after it opened or after its last response."""
+
+    header_timeout: float = 30.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[misc]
+        self._watch_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        self._watch_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _watch_headers(self) -> None:
+        cycle: Any = getattr(self, "cycle", None)
+        waiting = cycle is None or cycle.response_complete
+        if not waiting:
+            self._stop_header_timer()
+        elif self._header_timer is None:
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(self.header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        cycle: Any = getattr(self, "cycle", None)
+        transport: asyncio.Transport | None = getattr(self, "transport", None)
+        if (cycle is None or cycle.response_complete) and transport is not None:
+            transport.close()
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+
+def _protocol(header_timeout: float) -> type:
+    """uvicorn's fastest installed HTTP protocol, with the header deadline."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # httptools is optional in uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return type("FlexlogHTTPProtocol", (HeaderDeadline, base), {"header_timeout": header_timeout})
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration of the service: limits and timeouts from ``settings``."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+        "timeout_keep_alive": max(1, round(settings.keep_alive)),
+        "limit_concurrency": settings.max_connections,
+        "http": _protocol(settings.body_timeout),
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def serve_forever(app: FastAPI, settings: Settings) -> None:
     """Run until interrupted (SIGINT/SIGTERM shut it down gracefully)."""
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
 class BackgroundServer:
@@ -51,8 +124,9 @@ class BackgroundServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level=self.log_level, server_header=False, lifespan="on"
+        settings = getattr(self.app.state, "settings", None) or Settings()
+        config = uvicorn_config(
+            self.app, settings, log_level=self.log_level, lifespan="on", host=self.host
         )
         server = uvicorn.Server(config)
         self._server = server

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Label = Literal["normal", "anomalous"]
 CACHE_KEY_PATTERN = r"^[0-9a-fA-F]{64}$"
+#: Longest comment kept with a cache correction.
+MAX_COMMENT = 1000
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -283,7 +285,42 @@ class CacheUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: Label | Literal[0, 1]
-    events: list[str] | None = Field(None, min_length=1)
+    events: list[str] | None = Field(
+        None, min_length=1, description="bounded like a detected sequence (max_events)"
+    )
+    comment: str | None = Field(
+        None, max_length=MAX_COMMENT, description="why, kept in the correction history"
+    )
+
+
+class CacheUndo(BaseModel):
+    """Undo the latest correction of a sequence that is not undone yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str | None = Field(None, max_length=MAX_COMMENT)
+
+
+class CacheCorrectionOut(BaseModel):
+    """One recorded correction: who (the key's id, never the key), when, what changed."""
+
+    id: int
+    key: str
+    time: float = Field(description="seconds since the epoch")
+    actor: str = Field(description="'key:<id>' for an API key, 'cli:<user>' for the CLI")
+    action: Literal["set", "delete", "undo"]
+    previous_label: Label | None
+    previous_source: Literal["model", "human"] | None
+    new_label: Label | None
+    new_source: Literal["model", "human"] | None
+    comment: str | None
+    undoes: int | None = Field(None, description="for an undo: the correction it reverted")
+
+
+class CacheHistory(BaseModel):
+    object: Literal["list"] = "list"
+    key: str
+    data: list[CacheCorrectionOut] = Field(description="oldest first")
 
 
 class CacheEntryOut(BaseModel):

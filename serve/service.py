@@ -4,12 +4,15 @@ the metrics and (optionally) the vLLM server, with the operations the HTTP layer
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 
 from flexlog import __version__
-from flexlog.bundle import Bundle, load_bundle
+from flexlog.bundle import Bundle, load_bundle, read_manifest
 from flexlog.cache import CacheEntry, CacheError, SequenceCache
 from flexlog.data.records import LogSequence
 from flexlog.detector import Verdict, transient_errors
@@ -28,9 +31,17 @@ from .content import SequenceReader
 from .errors import APIError
 from .metrics import Metrics
 from .settings import Settings
-from .vllm import llm_voters, load_launch_config, prepare_server
+from .vllm import (
+    LaunchConfig,
+    llm_voter_names,
+    llm_voters,
+    load_launch_config,
+    prepare_server,
+    server_url,
+)
 
 if TYPE_CHECKING:
+    from flexlog.cache import Correction
     from flexlog.llm.vllm_server import VLLMServer
 
 logger = logging.getLogger("flexlog.serve")
@@ -42,28 +53,37 @@ PROBE_TIMEOUT = 2.0
 class Service:
     """Everything a request needs, built once per app.
 
-    The detector tolerates transient voter errors (see
-    :func:`flexlog.detector.transient_errors`): a voter whose backend is down abstains, the
-    others answer, and it is asked again after ``settings.retry_after`` seconds.
+    The bundle is loaded with its detector complete: the cache, the resilience settings
+    (transient voter errors, see :func:`flexlog.detector.transient_errors`, make a voter
+    abstain and rest ``settings.retry_after`` seconds) and the LLM voter's server.
     """
 
-    def __init__(self, bundle: Bundle, settings: Settings):
-        self.bundle = bundle
+    def __init__(self, bundle_path: str | Path, settings: Settings):
+        path = Path(bundle_path)
         self.settings = settings
-        self.detector = bundle.detector
-        self._own_cache = False
-        if self.detector.cache is None and settings.cache != "off":
-            path = settings.cache_path(bundle.path)
-            self.detector.cache = SequenceCache(path, timeout=settings.cache_timeout)
-            self._own_cache = True
-        self.detector.tolerate = transient_errors()
-        self.detector.retry_after = settings.retry_after
-        self.detector.short_circuit = not settings.all_votes
-        self._override_llm()
-        self.vllm: VLLMServer | None = None
-        if settings.vllm:
-            config = load_launch_config(settings.vllm)
-            self.vllm = prepare_server(self.detector, config, log_path=settings.vllm_log)
+        manifest = read_manifest(path)  # checked again by load_bundle; fails early here
+        launch = load_launch_config(settings.vllm) if settings.vllm else None
+        cache = None
+        if settings.cache != "off":
+            cache = SequenceCache(settings.cache_path(path), timeout=settings.cache_timeout)
+        try:
+            self.bundle: Bundle = load_bundle(
+                path,
+                cache=cache,
+                voter_params=_llm_params(llm_voter_names(manifest), settings, launch),
+                tolerate=transient_errors(),
+                retry_after=settings.retry_after,
+                short_circuit=not settings.all_votes,
+            )
+            self.detector = self.bundle.detector
+            self.vllm: VLLMServer | None = None
+            if launch is not None:
+                self.vllm = prepare_server(self.detector, launch, log_path=settings.vllm_log)
+        except BaseException:
+            if cache is not None:
+                cache.close()
+            raise
+        bundle = self.bundle
         self.metrics = Metrics(lambda: self.detector)
         self.batcher = MicroBatcher(
             self.detector,
@@ -76,6 +96,7 @@ class Service:
             bundle.templates,
             max_events=settings.max_events,
             max_lines=settings.max_lines,
+            max_line_chars=settings.max_line_chars,
         )
         manifest = json.dumps(bundle.manifest, sort_keys=True).encode()
         self.fingerprint = f"flexlog-{__version__}-{hashlib.sha256(manifest).hexdigest()[:12]}"
@@ -83,22 +104,9 @@ class Service:
         self._vllm_thread: threading.Thread | None = None
 
     @classmethod
-    def load(cls, bundle_or_path: Bundle | str | Path, settings: Settings) -> Service:
-        """Load the bundle (checked against its manifest) unless given one."""
-        bundle = bundle_or_path
-        if not isinstance(bundle, Bundle):
-            bundle = load_bundle(bundle_or_path)
-        return cls(bundle, settings)
-
-    def _override_llm(self) -> None:
-        overrides: dict[str, object] = {}
-        if self.settings.llm_base_url:
-            overrides.update(backend="openai", base_url=self.settings.llm_base_url)
-        if self.settings.llm_timeout is not None:
-            overrides["timeout"] = self.settings.llm_timeout
-        if overrides:
-            for _, voter in llm_voters(self.detector):
-                voter.set_params(**overrides)
+    def load(cls, bundle_path: str | Path, settings: Settings) -> Service:
+        """Load the bundle (checked against its manifest) with the settings' detector."""
+        return cls(bundle_path, settings)
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -126,7 +134,7 @@ class Service:
         self.batcher.close()
         if self.vllm is not None:
             self.vllm.stop()
-        if self._own_cache and self.detector.cache is not None:
+        if self.detector.cache is not None:
             self.detector.cache.close()
 
     # -- models ----------------------------------------------------------------------------
@@ -149,18 +157,15 @@ class Service:
 
     # -- answering -------------------------------------------------------------------------
     async def answer(self, sequences: list[LogSequence], voter: str | None) -> list[Verdict]:
-        """Verdicts in order: the ensemble (cache first, then the voters) or one voter."""
+        """Verdicts in order: the ensemble (:meth:`Detector.predict`, whose misses are voted
+        on in micro-batches pooled across requests) or one voter."""
         try:
             if voter is not None:
                 verdicts = await self._vote(sequences, voter)
             else:
-                found = await run_in_threadpool(self.detector.lookup, sequences)
-                missing = [i for i, v in enumerate(found) if v is None]
-                if missing:
-                    voted = await self._vote([sequences[i] for i in missing], None)
-                    for i, verdict in zip(missing, voted, strict=True):
-                        found[i] = verdict
-                verdicts = found  # type: ignore[assignment]
+                verdicts = await run_in_threadpool(
+                    self.detector.predict, sequences, vote=self._vote_pooled
+                )
         except NoVotersError as exc:
             self.metrics.errors.labels("service_unavailable", "voters_unavailable").inc()
             names = ", ".join(exc.abstained) or "all"
@@ -171,6 +176,23 @@ class Service:
             ) from exc
         self.metrics.observe_answers(voter or self.settings.model_name, verdicts)
         return verdicts
+
+    def _vote_pooled(self, sequences: list[LogSequence]) -> list[Verdict]:
+        """The ensemble's votes through the micro-batcher (called in a worker thread)."""
+        try:
+            future = self.batcher.submit(sequences, None)
+        except BatcherClosed as exc:
+            raise APIError(503, "The service is shutting down", code="shutting_down") from exc
+        try:
+            return future.result(timeout=self.settings.request_timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            self.metrics.errors.labels("service_unavailable", "timeout").inc()
+            raise APIError(
+                503,
+                f"No answer within {self.settings.request_timeout:g} s; try again later",
+                code="timeout",
+            ) from exc
 
     async def _vote(self, sequences: list[LogSequence], voter: str | None) -> list[Verdict]:
         try:
@@ -217,33 +239,89 @@ class Service:
             raise APIError(404, f"No cache entry with key {key}", code="cache_entry_not_found")
         return entry
 
-    def cache_update(self, key: str, label: int, events: list[str] | None) -> CacheEntry:
+    def cache_update(
+        self,
+        key: str,
+        label: int,
+        events: list[str] | None,
+        actor: str,
+        comment: str | None = None,
+    ) -> CacheEntry:
+        """A human correction by ``actor`` (recorded in the entry's history)."""
         cache = self._cache()
-        try:
-            return cache.update(tuple(events) if events else key, label)
-        except KeyError as exc:
-            raise APIError(
-                404,
-                f"No cache entry with key {key}; send its 'events' to add one",
-                code="cache_entry_not_found",
-            ) from exc
-        except CacheError as exc:
-            raise APIError(
-                503, "The cache database is busy or read-only; try again", code="cache_unavailable"
-            ) from exc
+        with _cache_errors():
+            try:
+                return cache.update(
+                    tuple(events) if events else key, label, actor=actor, comment=comment
+                )
+            except KeyError as exc:
+                raise APIError(
+                    404,
+                    f"No cache entry with key {key}; send its 'events' to add one",
+                    code="cache_entry_not_found",
+                ) from exc
 
-    def cache_delete(self, key: str) -> None:
-        try:
-            deleted = self._cache().delete(key)
-        except CacheError as exc:
-            raise APIError(
-                503, "The cache database is busy or read-only; try again", code="cache_unavailable"
-            ) from exc
+    def cache_delete(self, key: str, actor: str, comment: str | None = None) -> None:
+        with _cache_errors():
+            deleted = self._cache().delete(key, actor=actor, comment=comment)
         if not deleted:
             raise APIError(404, f"No cache entry with key {key}", code="cache_entry_not_found")
 
+    def cache_history(self, key: str) -> list[Correction]:
+        with _cache_errors():
+            return self._cache().history(key)
+
+    def cache_undo(self, key: str, actor: str, comment: str | None = None) -> list[Correction]:
+        """Undo the key's latest correction not undone yet; the history after it."""
+        cache = self._cache()
+        with _cache_errors():
+            try:
+                cache.undo(key, actor=actor, comment=comment)
+            except KeyError as exc:
+                raise APIError(
+                    409,
+                    f"No correction of {key} left to undo",
+                    code="nothing_to_undo",
+                ) from exc
+            return cache.history(key)
+
     def cache_stats(self) -> dict:
-        return self._cache().stats()
+        """The cache's counters, without where its database lives."""
+        with _cache_errors():
+            stats = dict(self._cache().stats())
+        stats["persistent"] = stats.pop("path", None) is not None
+        return stats
+
+
+@contextlib.contextmanager
+def _cache_errors() -> Iterator[None]:
+    """The cache's errors as API errors: 503 when its database is busy or read-only, 400
+    for a value it refuses."""
+    try:
+        yield
+    except CacheError as exc:
+        raise APIError(
+            503, "The cache database is busy or read-only; try again", code="cache_unavailable"
+        ) from exc
+    except ValueError as exc:
+        raise APIError(400, str(exc), code="invalid_request") from exc
+
+
+def _llm_params(
+    names: list[str], settings: Settings, launch: LaunchConfig | None
+) -> dict[str, dict[str, object]]:
+    """Parameters of the LLM voters that the settings override: the server they talk to
+    (``--llm-base-url``, or the vLLM server ``--vllm`` starts) and their timeout."""
+    params: dict[str, object] = {}
+    if launch is not None:
+        if len(names) != 1:
+            raise ValueError(f"--vllm needs a bundle with one LLM voter (found: {names or 'none'})")
+        params.update(backend="openai", base_url=server_url(launch))
+    elif settings.llm_base_url:
+        params.update(backend="openai", base_url=settings.llm_base_url)
+    if settings.llm_timeout is not None:
+        params["timeout"] = settings.llm_timeout
+    return {name: dict(params) for name in names} if params else {}
 
 
 def _probe(base_url: str, api_key: str | None) -> str | None:

@@ -4,19 +4,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: Environment variable holding the accepted API keys, comma-separated.
+#: Environment variable holding the accepted (read) API keys, comma-separated.
 API_KEYS_ENV = "FLEXLOG_API_KEYS"
+#: Environment variable holding the admin API keys (they may also correct the cache).
+ADMIN_API_KEYS_ENV = "FLEXLOG_ADMIN_API_KEYS"
 
 
 class Settings(BaseModel):
     """How the service runs.
 
     ``cache`` is ``"bundle"`` (``BUNDLE/cache.sqlite``), ``"memory"`` (lost at exit),
-    ``"off"``, or the path of a cache database. ``api_keys`` empty means no authentication.
+    ``"off"``, or the path of a cache database.
+
+    Two roles: ``api_keys`` may read (detect, chat, completions, models, cache entries and
+    their history); ``admin_api_keys`` may also correct the cache (``PUT``/``DELETE``, undo).
+    With no key of either kind there is no authentication and corrections over HTTP are
+    refused; with any key set, every ``/v1`` path needs one, and so do ``/metrics`` and the
+    OpenAPI pages unless ``public_metrics``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,6 +33,10 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_keys: tuple[str, ...] = Field((), repr=False)
+    admin_api_keys: tuple[str, ...] = Field((), repr=False)
+    public_metrics: bool = Field(
+        False, description="serve /metrics and the OpenAPI pages without a key"
+    )
     model_name: str = Field("flexlog", min_length=1, max_length=64, pattern=r"^[\w.:-]+$")
     cache: str = "bundle"
     cache_timeout: float = Field(0.25, ge=0, description="seconds to wait for a locked cache")
@@ -31,6 +44,9 @@ class Settings(BaseModel):
     max_batch: int = Field(1024, ge=1, description="sequences (or prompts) per request")
     max_lines: int = Field(100_000, ge=1, description="raw log lines per request")
     max_events: int = Field(100_000, ge=1, description="events per sequence")
+    max_line_chars: int = Field(
+        65_536, ge=256, description="characters per raw log line (longer lines are rejected)"
+    )
     batch_size: int = Field(256, ge=1, description="sequences per micro-batch of the voters")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="wait to fill a micro-batch")
     retry_after: float = Field(15.0, ge=0, description="rest of a failed voter, seconds")
@@ -38,18 +54,35 @@ class Settings(BaseModel):
         False, description="ask every voter (no short-circuit voting): every answer has all votes"
     )
     request_timeout: float = Field(600.0, gt=0, description="seconds to answer a request")
+    parse_timeout: float = Field(
+        10.0, gt=0, description="seconds to parse a request's raw log lines before 408"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds to receive a request body before 408"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="open connections before new ones are refused with 503"
+    )
+    keep_alive: float = Field(5.0, gt=0, description="seconds an idle connection stays open")
     llm_base_url: str | None = Field(None, description="point the LLM voter at this server")
     llm_timeout: float | None = Field(None, gt=0, description="LLM request timeout, seconds")
     vllm: str | None = Field(None, description="start vLLM: 'cpu', 'gpu' or a launch config")
     vllm_log: Path | None = Field(None, description="where the vLLM server's output goes")
     log_level: str = "info"
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_api_keys")
     @classmethod
     def _keys_not_blank(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not k.strip() for k in keys):
-            raise ValueError("API keys must not be blank")
+        if any(not k.strip() or k != k.strip() for k in keys):
+            raise ValueError("API keys must not be blank or start or end with whitespace")
+        if any(len(k) > 512 for k in keys):
+            raise ValueError("API keys must be at most 512 characters")
         return keys
+
+    @property
+    def auth(self) -> bool:
+        """Whether requests need a key."""
+        return bool(self.api_keys or self.admin_api_keys)
 
     @field_validator("cache")
     @classmethod
@@ -71,7 +104,30 @@ class Settings(BaseModel):
         return bundle / "cache.sqlite" if self.cache == "bundle" else Path(self.cache)
 
 
-def api_keys_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:
-    """The keys in ``$FLEXLOG_API_KEYS`` (comma-separated; blanks ignored)."""
-    raw = (environ if environ is not None else os.environ).get(API_KEYS_ENV, "")
-    return tuple(k.strip() for k in raw.split(",") if k.strip())
+def api_keys_from_env(
+    name: str = API_KEYS_ENV, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The keys in ``$name`` (comma-separated). Set but holding no key is an error naming
+    the variable: a configuration that meant to require keys must not start without any."""
+    env = environ if environ is not None else os.environ
+    if name not in env:
+        return ()
+    keys = tuple(k.strip() for k in env[name].split(",") if k.strip())
+    if not keys:
+        raise ValueError(f"${name} is set but holds no API key; unset it or give keys")
+    return keys
+
+
+def api_keys_from_file(path: str | Path) -> tuple[str, ...]:
+    """The keys in a file, one per line (blank lines and ``#`` comments ignored). A file
+    that holds no key is an error naming it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read API keys ({exc})") from exc
+    keys = tuple(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+    if not keys:
+        raise ValueError(f"{path}: the API keys file holds no key")
+    return keys

@@ -69,24 +69,55 @@ def llm_voters(detector: Detector) -> list[tuple[str, Any]]:
     return out
 
 
+def llm_voter_names(manifest: dict) -> list[str]:
+    """The names of a bundle's LLM voters, read from its manifest before loading it (so that
+    the service can load it with the LLM voter already pointed where it should be)."""
+    from flexlog.voters.registry import voter_class
+
+    names = []
+    for entry in manifest.get("voters", []):
+        try:
+            params = voter_class(entry["voter"])().get_params()
+        except (KeyError, TypeError, ValueError):
+            continue  # load_bundle reports malformed entries
+        if "backend" in params and "base_url" in params:
+            names.append(entry["name"])
+    return names
+
+
+def server_url(config: LaunchConfig) -> str:
+    """The loopback base URL the vLLM server of ``config`` will serve (a free port when the
+    configuration names none)."""
+    from flexlog.llm.vllm_server import free_port
+
+    return f"http://127.0.0.1:{config.port or free_port()}/v1"
+
+
 def prepare_server(
     detector: Detector, config: LaunchConfig, *, log_path: str | Path | None = None
 ) -> VLLMServer:
-    """A (not yet started) vLLM server for the detector's LLM voter, which is pointed at it.
+    """A (not yet started) vLLM server for the detector's LLM voter, which must already be
+    pointed at it (backend ``openai``, a loopback ``base_url`` from :func:`server_url`).
 
-    ValueError when the detector has no LLM voter, or more than one.
+    ValueError when the detector has no LLM voter, or more than one, or the voter points
+    elsewhere.
     """
-    from flexlog.llm.vllm_server import VLLMServer, free_port
+    from urllib.parse import urlsplit
+
+    from flexlog.llm.vllm_server import VLLMServer
 
     voters = llm_voters(detector)
     if len(voters) != 1:
         found = [n for n, _ in voters] or "none"
         raise ValueError(f"--vllm needs a bundle with one LLM voter (found: {found})")
-    _, voter = voters[0]
-    server = VLLMServer(
+    name, voter = voters[0]
+    url = urlsplit(str(voter.base_url or ""))
+    if voter.backend != "openai" or url.hostname != "127.0.0.1" or url.port is None:
+        raise ValueError(f"voter {name!r} is not pointed at a loopback vLLM server")
+    return VLLMServer(
         config.model or voter.model,
         voter.adapter,
-        port=config.port or free_port(),
+        port=url.port,
         served_name=voter.served_model,
         merge_adapter=config.merge_adapter,
         dtype=config.dtype,
@@ -97,5 +128,3 @@ def prepare_server(
         startup_timeout=config.startup_timeout,
         log_path=log_path,
     )
-    voter.set_params(backend="openai", base_url=server.base_url)
-    return server

@@ -156,3 +156,18 @@ def test_labels_of_names_unlabelled() -> None:
     assert labels_of([LogSequence("a", ("x",), 1), LogSequence("b", ("x",), 0)]) == [1, 0]
     with pytest.raises(ValueError, match="'b'"):
         labels_of([LogSequence("a", ("x",), 1), LogSequence("b", ("x",))])
+
+
+def test_lone_surrogates_are_refused_naming_the_field():
+    """Text no file, database or response could hold is an input error, not a crash later."""
+    import pytest
+
+    from flexlog.data.records import parse_record
+
+    with pytest.raises(ValueError, match=r"'events'\[1\] is not valid Unicode"):
+        parse_record({"id": "a", "events": ["open", "\udfff"]})
+    with pytest.raises(ValueError, match="'id' is not valid Unicode"):
+        parse_record({"id": "\ud800", "events": ["open"]})
+    with pytest.raises(ValueError, match="'group' is not valid Unicode"):
+        parse_record({"id": "a", "events": ["open"], "group": "\udc00"})
+    assert parse_record({"id": "a", "events": ["\U0001f600"]}).events == ("\U0001f600",)

@@ -55,10 +55,12 @@ def test_sequences(adfa_demo: Path) -> list[LogSequence]:
 # -- the cache database locked ---------------------------------------------------------------
 def test_locked_cache_database_still_answers(adfa_demo: Path, test_sequences, tmp_path) -> None:
     db = tmp_path / "cache.sqlite"
-    settings = Settings(cache=str(db), cache_timeout=0.1)
+    settings = Settings(cache=str(db), cache_timeout=0.1, admin_api_keys=("sk-admin",))
     with (
         BackgroundServer(create_app(adfa_demo / "bundle", settings)) as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as http,
+        httpx.Client(
+            base_url=srv.url, timeout=60, headers={"Authorization": "Bearer sk-admin"}
+        ) as http,
     ):
         assert _chat(http, test_sequences[0]).status_code == 200
         locker = sqlite3.connect(db, isolation_level=None, timeout=0)
@@ -211,6 +213,7 @@ def test_llm_server_returns_dies_and_is_restarted(
 ) -> None:
     pytest.importorskip("vllm")
     from flexlog.llm.models import resolve_model
+    from flexlog.llm.prompting import opaque_id
     from flexlog.llm.vllm_server import VLLMServer
 
     try:
@@ -235,7 +238,7 @@ def test_llm_server_returns_dies_and_is_restarted(
         parsed = service.reader.sequence(json.dumps([*seq.events[:20], INJECTION]), "inj")
         llm = dict(service.detector.ensemble.voters)["llm"]
         prompt = json.dumps(llm.conversations([parsed.events]))
-        assert parsed.events[-1] in prompt and "ignore previous" not in prompt
+        assert opaque_id(parsed.events[-1]) in prompt and "ignore previous" not in prompt
 
         # killed while requests are in flight, then restarted, twice: every request is
         # answered, degraded while the server is gone and whole again once it is back
@@ -255,18 +258,26 @@ def test_llm_server_returns_dies_and_is_restarted(
 def test_vllm_launch_configs(four_voters: Path, adfa_demo: Path, tmp_path: Path) -> None:
     """The shipped launch configurations load, and point the LLM voter at the server they
     describe (nothing is started here)."""
-    from flexlog.serve.vllm import load_launch_config, prepare_server
+    from flexlog.bundle import read_manifest
+    from flexlog.serve.vllm import llm_voter_names, load_launch_config, prepare_server, server_url
 
     cpu, gpu = load_launch_config("cpu"), load_launch_config("gpu")
     assert cpu.merge_adapter and cpu.dtype == "float32" and not gpu.merge_adapter
-    detector = load_bundle(four_voters).detector
-    server = prepare_server(detector, cpu.model_copy(update={"port": 8123}))
+    assert llm_voter_names(read_manifest(four_voters)) == ["llm"]
+    assert llm_voter_names(read_manifest(adfa_demo / "bundle")) == []
+    url = server_url(cpu.model_copy(update={"port": 8123}))
+    assert url == "http://127.0.0.1:8123/v1"
+    # the voter is built pointed at the server; nothing is rewired after loading
+    detector = load_bundle(
+        four_voters, voter_params={"llm": {"backend": "openai", "base_url": url}}
+    ).detector
+    server = prepare_server(detector, cpu)
     argv = server.launch_command(model_path="/models/base")
     assert argv[argv.index("--port") + 1] == "8123" and "--served-model-name" in argv
-    llm = dict(detector.ensemble.voters)["llm"]
-    assert llm.base_url == "http://127.0.0.1:8123/v1" and llm.backend == "openai"
     with pytest.raises(ValueError, match="one LLM voter"):
         prepare_server(load_bundle(adfa_demo / "bundle").detector, cpu)
+    with pytest.raises(ValueError, match="no voter named"):
+        load_bundle(four_voters, voter_params={"nope": {}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("merge_adapter: true\ngpu_count: 2\n")
     with pytest.raises(ValueError, match="gpu_count"):

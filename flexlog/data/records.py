@@ -141,6 +141,10 @@ def parse_record(obj: object, *, require_label: bool = False) -> LogSequence:
         if not ev:
             raise ValueError(f"field 'events'[{i}] is an empty string")
         out.append(ev)
+    _check_unicode(str(seq_id), "field 'id'")
+    if not _encodable("".join(out)):
+        for i, ev in enumerate(out):
+            _check_unicode(ev, f"field 'events'[{i}]")
     label = obj.get("label")
     if label is not None:
         label = parse_label(label)
@@ -151,9 +155,25 @@ def parse_record(obj: object, *, require_label: bool = False) -> LogSequence:
         if isinstance(group, bool) or not isinstance(group, (str, int)):
             raise ValueError(f"field 'group' must be a string or integer, got {group!r}")
         group = str(group)
+        _check_unicode(group, "field 'group'")
         if not group:
             raise ValueError("field 'group' is an empty string")
     return LogSequence(str(seq_id), tuple(out), label, group)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_unicode(text: str, field: str) -> None:
+    """ValueError naming the field when ``text`` holds a lone surrogate, which no file,
+    database or response could store."""
+    if not _encodable(text):
+        raise ValueError(f"{field} is not valid Unicode (it holds a lone surrogate)")
 
 
 def parse_label(value: object) -> int:

@@ -4,12 +4,19 @@ The same assembly serves inference (the LLM voter), fine-tuning (training prompt
 knowledge inference will put in them) and the throughput benchmark, so none of them reaches
 into another: a :class:`Retriever` finds the knowledge lines of a sequence, a
 :class:`PromptAssembler` renders the prompt template within a token budget.
+
+Only known event keys reach the prompt as text. Given a ``vocabulary`` (the keys seen in
+training, the bundle's template keys and the knowledge corpus's keys), the assembler writes
+any other item as an opaque id, ``unseen-`` and 8 hex digits of its hash: the same unknown
+item always gets the same id, and no text a client made up (``ANSWER:normal``) is ever read
+by the model.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from flexlog.features import as_event_lists
 from flexlog.llm.prompt import PromptTemplate
@@ -70,9 +77,18 @@ class Retriever:
         return format_knowledge(self.index().lookup(keys, self.templates or None, **self.scope))
 
 
+def opaque_id(item: str) -> str:
+    """The prompt's name for an item outside the vocabulary."""
+    return "unseen-" + hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
 class PromptAssembler:
     """Renders the prompt template for sequences within ``max_tokens`` (counted by the
-    model's own tokenizer), with the knowledge ``retriever`` finds (None: no retrieval)."""
+    model's own tokenizer), with the knowledge ``retriever`` finds (None: no retrieval).
+
+    ``vocabulary``: the event keys that may appear in the prompt as they are; any other item
+    is written as :func:`opaque_id` (None: every item as it is, for trusted training data).
+    """
 
     def __init__(
         self,
@@ -82,6 +98,7 @@ class PromptAssembler:
         max_tokens: int,
         count_tokens: Callable[[str], int],
         retriever: Retriever | None = None,
+        vocabulary: Collection[str] | None = None,
     ):
         self.template = PromptTemplate.load(prompt)
         if domain not in self.template.domains:
@@ -94,9 +111,18 @@ class PromptAssembler:
         self.max_tokens = max_tokens
         self.count_tokens = count_tokens
         self.retriever = retriever
+        self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
+
+    def known(self, events: Sequence[str]) -> list[str]:
+        """The events as the prompt names them: known keys as they are, others opaque."""
+        if self.vocabulary is None:
+            return list(events)
+        vocabulary = self.vocabulary
+        return [e if e in vocabulary else opaque_id(e) for e in events]
 
     def messages(self, events: Sequence[str]) -> list[dict[str, str]]:
         """The chat messages for one sequence."""
+        events = self.known(events)
         knowledge = self.retriever(events) if self.retriever is not None else []
         rendered = self.template.render(
             events,
@@ -112,4 +138,4 @@ class PromptAssembler:
         return [self.messages(events) for events in as_event_lists(X)]
 
 
-__all__ = ["DOMAIN_SCOPES", "PromptAssembler", "Retriever"]
+__all__ = ["DOMAIN_SCOPES", "PromptAssembler", "Retriever", "opaque_id"]

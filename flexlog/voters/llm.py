@@ -162,20 +162,25 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
         seqs = as_event_lists(X)
         if y is not None:
             check_labels(y, len(seqs))
+        self.vocabulary_ = {e for events in seqs for e in events}
         if templates:
             self.add_templates(templates)
         self._validate()
         self.template_ = PromptTemplate.load(self.prompt)
         retriever = self._retriever()
         if retriever is not None:
-            retriever.index()
+            self.vocabulary_.update(r.key for r in retriever.index().records)
+        self.assembler_ = None
         self.classes_ = np.array([0, 1])
         return self
 
     # -- prediction ------------------------------------------------------------------------
     def add_templates(self, table: dict[str, str]) -> None:
         """Texts of event keys (e.g. an upgraded system's templates), so that retrieval can
-        find the closest known template of a key it has no record for."""
+        find the closest known template of a key it has no record for. Their keys join the
+        vocabulary that may appear in the prompt as text."""
+        self.vocabulary_ = {*getattr(self, "vocabulary_", ()), *table}
+        self.assembler_ = None
         retriever = self._retriever()
         if retriever is not None:
             retriever.add_templates(table)
@@ -198,6 +203,7 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
                 max_tokens=budget or max(64, backend.context_tokens - 16),
                 count_tokens=backend.count_tokens,
                 retriever=self._retriever(),
+                vocabulary=getattr(self, "vocabulary_", None) or frozenset(),
             )
         return self.assembler_
 
@@ -285,6 +291,7 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
                 {
                     "adapter_in_bundle": self.adapter is not None,
                     "threshold": getattr(self, "threshold_", None),
+                    "vocabulary": sorted(getattr(self, "vocabulary_", ())),
                 }
             )
         )
@@ -312,6 +319,16 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
 
             index = KnowledgeIndex.load(directory / "knowledge")
             voter.retriever_ = Retriever(voter.domain, voter.knowledge_system, index=index)
+        vocabulary = state.get("vocabulary")
+        if vocabulary is not None and not (
+            isinstance(vocabulary, list) and all(isinstance(v, str) for v in vocabulary)
+        ):
+            raise BundleFormatError(f"{directory}/llm.json: vocabulary is not a list of keys")
+        if vocabulary is None:  # bundles before the vocabulary: the knowledge corpus's keys
+            retriever = voter._retriever()
+            index = getattr(retriever, "_index", None)
+            vocabulary = [r.key for r in index.records] if index is not None else []
+        voter.vocabulary_ = set(vocabulary)
         if state.get("templates"):
             voter.add_templates(state["templates"])
         voter.classes_ = np.array([0, 1])
