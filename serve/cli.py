@@ -15,7 +15,10 @@ _LIMITS = {
     "max_batch": (int, "sequences or prompts per request (default 1024)"),
     "max_lines": (int, "raw log lines per request (default 100000)"),
     "max_events": (int, "events per sequence (default 100000)"),
-    "max_line_chars": (int, "characters per raw log line; longer ones are rejected (default 65536)"),
+    "max_line_chars": (
+        int,
+        "characters per raw log line; longer ones are rejected (default 65536)",
+    ),
     "batch_size": (int, "sequences per micro-batch of the voters (default 256)"),
     "batch_wait_ms": (float, "wait to fill a micro-batch, ms (default 2)"),
     "retry_after": (float, "seconds a failed voter rests before it is asked again (default 15)"),

@@ -65,9 +65,10 @@ def test_only_known_keys_reach_the_prompt(llm_voter):
     opaque = ", ".join(opaque_id(h) for h in hostile)
     assert f"log sequence: [open, {opaque}, read]" in prompt
     # system calls the training data never had, but the knowledge corpus knows, stay names
-    assert "log sequence: [mmap2, open]" in llm_voter.conversations([["mmap2", "open"]])[0][0][
-        "content"
-    ]
+    assert (
+        "log sequence: [mmap2, open]"
+        in llm_voter.conversations([["mmap2", "open"]])[0][0]["content"]
+    )
 
 
 def test_long_traces_fit_the_token_budget(llm_voter, adfa_small):

@@ -484,7 +484,9 @@ def test_request_limits(adfa_demo: Path, test_sequences) -> None:
         }
         ok = http.post("/v1/detect", json={"sequences": [{"id": "s", "events": seq.events[:50]}]})
         assert ok.status_code == 200
-        _assert_error(http.put(f"/v1/cache/{'a' * 64}", json={"label": 0}), 403, "admin_key_required")
+        _assert_error(
+            http.put(f"/v1/cache/{'a' * 64}", json={"label": 0}), 403, "admin_key_required"
+        )
         _assert_error(http.get(f"/v1/cache/{'a' * 64}"), 400, "cache_disabled")
 
 

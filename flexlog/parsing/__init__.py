@@ -10,15 +10,19 @@ from flexlog.parsing.miner import (
 )
 from flexlog.parsing.partition import by_session, fixed_window, partition, sliding_window
 from flexlog.parsing.presets import COMMON_MASKS, PRESETS, Preset, compile_log_format, get_preset
+from flexlog.parsing.regex import LinearMask, PatternError, compile_linear
 
 __all__ = [
     "COMMON_MASKS",
     "MAX_LOG_LINE_BYTES",
     "PRESETS",
+    "LinearMask",
     "ParsedLine",
+    "PatternError",
     "Preset",
     "TemplateParser",
     "by_session",
+    "compile_linear",
     "compile_log_format",
     "evaluate_preset",
     "event_key",

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from drain3 import TemplateMiner
 from drain3.drain import LogCluster, Node
-from drain3.masking import MaskingInstruction
+from drain3.masking import AbstractMaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
 from flexlog.data.records import IngestReport, InputError, iter_text_lines
 from flexlog.parsing.presets import Preset, get_preset
+from flexlog.parsing.regex import LinearMask
 
 #: Raw log lines longer than this many bytes are rejected, not parsed.
 MAX_LOG_LINE_BYTES = 1 << 20
@@ -33,7 +34,9 @@ MAX_LOG_LINE_BYTES = 1 << 20
 STATE_VERSION = 1
 
 _PARAM = "<*>"
+# Stays on Python's re: one character class, searched once per token, cannot backtrack.
 _DIGIT = re.compile(r"\d")
+_NOT_UNICODE = "is not valid Unicode (a lone surrogate)"
 
 
 def event_key(template: str) -> str:
@@ -80,6 +83,28 @@ def _numbered(lines: Iterable[str | tuple[int, str]]) -> list[tuple[int, str]]:
     return out
 
 
+class LinearMaskingInstruction(AbstractMaskingInstruction):
+    """A Drain3 masking instruction on RE2 (linear time) instead of Python's ``re``.
+
+    Drain3's own ``MaskingInstruction`` runs ``re.sub``; this one runs a
+    :class:`~flexlog.parsing.regex.LinearMask` (given, or compiled from an RE2 pattern), so a
+    group named ``mask`` marks the value and the rest of the match is context that stays.
+    """
+
+    def __init__(self, mask: LinearMask | str, mask_with: str):
+        super().__init__(mask_with)
+        if isinstance(mask, str):
+            mask = LinearMask(mask, what=f"mask {mask_with}")
+        self.linear_mask = mask
+
+    @property
+    def pattern(self) -> str:
+        return self.linear_mask.pattern
+
+    def mask(self, content: str, mask_prefix: str, mask_suffix: str) -> str:
+        return self.linear_mask.sub(mask_prefix + self.mask_with + mask_suffix, content)
+
+
 class TemplateParser:
     """Mine templates from raw log lines with Drain3 and map lines to stable event keys.
 
@@ -116,7 +141,10 @@ class TemplateParser:
         config.drain_depth = preset.depth
         config.drain_extra_delimiters = list(preset.extra_delimiters)
         config.parametrize_numeric_tokens = preset.parametrize_numeric_tokens
-        config.masking_instructions = [MaskingInstruction(r, m) for r, m in preset.masking]
+        config.masking_instructions = [
+            LinearMaskingInstruction(mask, name)
+            for mask, (_, name) in zip(preset.maskers, preset.masking, strict=True)
+        ]
         config.mask_prefix, config.mask_suffix = "<", ">"
         config.profiling_enabled = False
         return config
@@ -162,7 +190,7 @@ class TemplateParser:
         for lineno, text in numbered:
             parts = self.preset.split(text)
             if parts is None:
-                report.reject(source, lineno, reason)
+                report.reject(source, lineno, reason if _encodable(text) else _NOT_UNICODE)
                 continue
             content = parts.pop("Content")
             template = self.match(content)
@@ -307,6 +335,14 @@ class TemplateParser:
             return cls.from_dict(data)
         except ValueError as exc:
             raise InputError(f"{path}: {exc}") from exc
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cluster_id(cluster: LogCluster) -> int:

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 from flexlog.data.records import IngestReport, LogSequence
 from flexlog.parsing.miner import ParsedLine
+from flexlog.parsing.regex import compile_linear
 
 MODES = ("session", "fixed", "sliding")
 
 
 def by_session(
     parsed: Sequence[ParsedLine],
-    pattern: str | re.Pattern[str] | None = None,
+    pattern: str | re.Pattern[str] | object | None = None,
     *,
     report: IngestReport | None = None,
     source: str = "<lines>",
@@ -30,15 +31,24 @@ def by_session(
     is given, its first match in the line's content (group 1 if the pattern has groups). Lines
     without one are rejected into ``report`` with reason "no session id"; the others are
     accepted. Use a report of its own: the parser already counted these lines in its report.
+    ``pattern`` is RE2 syntax (linear time); a compiled Python pattern is recompiled with RE2,
+    and a :class:`~flexlog.parsing.regex.PatternError` (a ``ValueError``) names a bad one.
     """
-    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    if isinstance(pattern, re.Pattern):
+        if pattern.flags & ~re.UNICODE:
+            raise ValueError(f"session pattern {pattern.pattern!r}: flags are not supported")
+        pattern = pattern.pattern
+    regex = compile_linear(pattern, what="session pattern") if isinstance(pattern, str) else pattern
     report = report if report is not None else IngestReport()
     sessions: dict[str, list[str]] = {}
     for p in parsed:
         if regex is None:
             sid = p.session
         else:
-            m = regex.search(p.content)
+            try:
+                m = regex.search(p.content)
+            except UnicodeEncodeError:  # a lone surrogate: no id
+                m = None
             sid = None if m is None else (m.group(1) if regex.groups else m.group(0))
         if not sid:
             report.reject(source, p.line, "no session id")

@@ -6,68 +6,152 @@ find a line's session id. Log formats follow loghub's published ones, e.g.
 ``'<Date> <Time> <Pid> <Level> <Component>: <Content>'``: each ``<Field>`` becomes a named
 group and the text between fields is a regular-expression fragment in which runs of spaces
 match any whitespace (so literal brackets are written ``\\[``), exactly as loghub reads them.
+
+Every regex here (formats, masks, session patterns) is RE2 syntax and runs in linear time; see
+:mod:`flexlog.parsing.regex`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-# Reusable masks: (regex, mask name) pairs in Drain3's MaskingInstruction style; matched text
-# becomes ``<NAME>``. Order matters: masks run in sequence, so context masks (``user X``) and
-# whole structures (URLs, paths, IP lists) come before the number masks that would split them.
-_B = r"(?<![A-Za-z0-9_.])"  # not inside a longer word or number
-_E = r"(?![A-Za-z0-9_])"
-_IP = r"/?\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
+from flexlog.parsing import legacy
+from flexlog.parsing.regex import (
+    DIGIT,
+    SPACE,
+    WORD,
+    LinearMask,
+    PatternError,
+    compile_linear,
+    is_sequence,
+    reject_backtracking,
+    search_spans,
+)
 
-MASK_URL = (r"(?<![\w.+-])[A-Za-z][\w+.-]*://[^\s\"'\])]*", "URL")
+# Reusable masks: (regex, mask name) pairs; matched text becomes ``<NAME>``. The regexes are
+# RE2 (linear-time; see flexlog.parsing.regex): no lookaround, so the context a value needs is
+# part of the match and the value is the group named ``mask`` (only it is replaced). Character
+# classes spell out Python's Unicode ``\d``, ``\w``, ``\s`` and ``\b``, which RE2 reads as ASCII,
+# so these masks match what their earlier Python ``re`` versions matched.
+# Order matters: masks run in sequence, so context masks (``user X``) and whole structures
+# (URLs, paths, IP lists) come before the number masks that would split them.
+_D = DIGIT
+_S = SPACE
+_W = WORD
+
+
+def _not_after(chars: str) -> str:
+    """Context: at the start, or after a character not in ``[chars]`` (a lookbehind)."""
+    return f"(?:^|[^{chars}])"
+
+
+def _not_before(chars: str) -> str:
+    """Context: at the end, or before a character not in ``[chars]`` (a lookahead)."""
+    return f"(?:$|[^{chars}])"
+
+
+def _value(regex: str) -> str:
+    return f"(?P<mask>{regex})"
+
+
+_B = _not_after("A-Za-z0-9_.")  # not inside a longer word or number
+_E = _not_before("A-Za-z0-9_")
+_BOUNDARY = _not_after(_W)  # Python's \b before a word character
+_BOUNDARY_END = _not_before(_W)  # and after one
+_IP = rf"/?{_D}{{1,3}}(?:\.{_D}{{1,3}}){{3}}(?::{_D}+)?"
+_MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+
+MASK_URL = (_not_after(_W + ".+-") + _value(rf"[A-Za-z][{_W}+.-]*://[^{_S}\"'\])]*"), "URL")
 #: A path of two or more segments, with any query string (``/v2/x/servers?all=1``).
-MASK_PATH = (r"(?<![\w/])(?:/[^\s/\"'()\[\]]*){2,}", "PATH")
+MASK_PATH = (_not_after(_W + "/") + _value(rf"(?:/[^{_S}/\"'()\[\]]*){{2,}}"), "PATH")
 MASK_UUID = (r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", "UUID")
 #: One IPv4 address with optional port and leading slash, or a comma-separated list of them.
-MASK_IP = (_B + _IP + "(?:," + _IP + ")*" + _E, "IP")
-MASK_HEX = (_B + r"0x[0-9a-fA-F]+" + _E, "HEX")
+MASK_IP = (_B + _value(_IP + "(?:," + _IP + ")*") + _E, "IP")
+MASK_HEX = (_B + _value(r"0x[0-9a-fA-F]+") + _E, "HEX")
 #: Long lowercase hex strings: hashes, tenant and request ids.
-MASK_HEXID = (_B + r"[0-9a-f]{16,}" + _E, "ID")
+MASK_HEXID = (_B + _value(r"[0-9a-f]{16,}") + _E, "ID")
 #: Host names with at least three labels (``ns.example.com``); also hits dotted Java names.
-MASK_HOST = (_B + r"(?:[\w$-]+\.){2,}[\w$-]+" + _E, "HOST")
+MASK_HOST = (_B + _value(rf"(?:[{_W}$-]+\.){{2,}}[{_W}$-]+") + _E, "HOST")
 #: Integers and decimals, with an optional size or time unit (``5.2 KB``, ``10000ms``).
-MASK_NUM = (_B + r"[-+]?\d+(?:\.\d+)?(?:\s?(?:[KMGTP]i?)?B|[mun]?s)?" + _E, "NUM")
+MASK_NUM = (
+    _B + _value(rf"[-+]?{_D}+(?:\.{_D}+)?(?:[{_S}]?(?:[KMGTP]i?)?B|[mun]?s)?") + _E,
+    "NUM",
+)
 #: Any remaining word that contains a digit (``broadcast_9_piece0``, ``mesos-slave-07``).
-MASK_ALNUM = (r"(?<![\w<])[A-Za-z_][\w.-]*\d[\w.-]*(?![\w>])", "ID")
+MASK_ALNUM = (
+    _not_after(_W + "<") + _value(rf"[A-Za-z_][{_W}.-]*{_D}[{_W}.-]*") + _not_before(_W + ">"),
+    "ID",
+)
 #: HDFS block ids; a run of several (``blk_1 blk_2 ...``) is one mask.
-MASK_BLOCK = (r"blk_-?\d+(?:\s+blk_-?\d+)*", "BLK")
+MASK_BLOCK = (rf"blk_-?{_D}+(?:[{_S}]+blk_-?{_D}+)*", "BLK")
 #: Hadoop/YARN ids: job_, task_, attempt_, container_, application_, appattempt_, jvm_.
 MASK_YARN_ID = (
-    r"(?<![A-Za-z0-9])(?:appattempt|application|attempt|container|job|task|jvm)_\d+"
-    r"(?:_(?:[mr]|\d+))*",
+    _not_after("A-Za-z0-9")
+    + _value(
+        rf"(?:appattempt|application|attempt|container|job|task|jvm)_{_D}+(?:_(?:[mr]|{_D}+))*"
+    ),
     "ID",
 )
 #: ``Fri Jun 17 07:07:00 2005`` style timestamps inside messages.
 MASK_DATE = (
-    r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
-    r" +\d{1,2} \d{2}:\d{2}:\d{2} \d{4}\b",
+    _BOUNDARY
+    + _value(
+        rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} +{_D}{{1,2}} {_D}{{2}}:{_D}{{2}}:{_D}{{2}}"
+        rf" {_D}{{4}}"
+    )
+    + _BOUNDARY_END,
     "DATE",
 )
 #: Timestamps and dates, for the ``generic`` preset whose content still has the line's header.
 MASK_TIMESTAMPS: tuple[tuple[str, str], ...] = (
     MASK_DATE,
     (
-        r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?",
+        _BOUNDARY
+        + _value(
+            rf"{_D}{{4}}-{_D}{{2}}-{_D}{{2}}[T ]{_D}{{2}}:{_D}{{2}}:{_D}{{2}}(?:[.,]{_D}+)?"
+            rf"(?:Z|[+-]{_D}{{2}}:?{_D}{{2}})?"
+        ),
         "TS",
     ),
-    (r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d{1,2} \d{2}:\d{2}:\d{2}\b", "TS"),
-    (r"\b\d{2,4}[-/]\d{2}[-/]\d{2}\b", "DATE"),
-    (r"\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\b", "TIME"),
+    (
+        _BOUNDARY + _value(rf"{_MONTH} +{_D}{{1,2}} {_D}{{2}}:{_D}{{2}}:{_D}{{2}}") + _BOUNDARY_END,
+        "TS",
+    ),
+    (_BOUNDARY + _value(rf"{_D}{{2,4}}[-/]{_D}{{2}}[-/]{_D}{{2}}") + _BOUNDARY_END, "DATE"),
+    (
+        _BOUNDARY + _value(rf"{_D}{{2}}:{_D}{{2}}:{_D}{{2}}(?:[.,]{_D}+)?") + _BOUNDARY_END,
+        "TIME",
+    ),
 )
 # Context masks: the value after a key word is a parameter whatever it looks like.
-MASK_USER = (r"(?<=\buser )(?<!\buser user )\s*\S+", "USER")
-MASK_USER_EQ = (r"(?<=\buser=)\S+", "USER")
-MASK_PASSWORD_USER = (r"(?<=\bpassword for )(?!invalid user )\S+", "USER")
-MASK_RHOST = (r"(?<=rhost=)\S+", "HOST")
+#: The word after ``user `` (``user root``), unless that ``user `` follows another ``user ``
+#: (``Invalid user user from``: the name is the first ``user``, and ``from`` stays).
+MASK_USER = (
+    rf"(?:^|[^{_W} ]|(?:^|[^r]|(?:^|[^e])r|(?:^|[^s])er|(?:^|[^u])ser|[{_W}]user) )user "
+    + _value(rf"[{_S}]*[^{_S}]+"),
+    "USER",
+)
+MASK_USER_EQ = (_BOUNDARY + "user=" + _value(rf"[^{_S}]+"), "USER")
+#: The word after ``password for ``, unless it starts ``invalid user `` (MASK_USER takes
+#: the name there). One group per case: a word that is not ``invalid`` (nor a prefix of it),
+#: a prefix of ``invalid``, or ``invalid`` not followed by `` user ``.
+_NOT_SPACE = rf"[^{_S}]"
+MASK_PASSWORD_USER = (
+    _BOUNDARY
+    + "password for (?:"
+    + rf"(?P<mask>(?:[^i{_S}]|i(?:[^n{_S}]|n(?:[^v{_S}]|v(?:[^a{_S}]|a(?:[^l{_S}]|l(?:[^i{_S}]"
+    + rf"|i(?:[^d{_S}]|d{_NOT_SPACE})))))))[^{_S}]*)"
+    + rf"|(?P<mask_prefix>i(?:n(?:v(?:a(?:l(?:i)?)?)?)?)?)(?:$|[{_S}])"
+    + r"|(?P<mask_invalid>invalid)(?:$|["
+    + _S.replace(r"\x1c-\x20", r"\x1c-\x1f")
+    + r"]| (?:$|[^u]|u(?:$|[^s]|s(?:$|[^e]|e(?:$|[^r]|r(?:$|[^ ]))))))"
+    + ")",
+    "USER",
+)
+MASK_RHOST = ("rhost=" + _value(rf"[^{_S}]+"), "HOST")
 #: A host name in parentheses, or nothing: ``(host.example.net)`` and ``()`` mask alike.
-MASK_PAREN_HOST = (r"(?<=\()(?:(?:[\w-]+\.)+[\w-]+)?(?=\))", "HOST")
+MASK_PAREN_HOST = (r"\(" + _value(rf"(?:(?:[{_W}-]+\.)+[{_W}-]+)?") + r"\)", "HOST")
 
 _STRUCTURES = (MASK_URL, MASK_PATH)
 _VALUES = (MASK_UUID, MASK_IP, MASK_HEX, MASK_HEXID)
@@ -76,7 +160,11 @@ _NUMBERS = (MASK_NUM, MASK_ALNUM)
 #: Masks that suit most logs, in order; most presets build on them.
 COMMON_MASKS: tuple[tuple[str, str], ...] = (*_STRUCTURES, *_VALUES, *_NUMBERS)
 
-_FIELD = re.compile(r"<([^<>]+)>")
+#: HDFS block ids, the hdfs preset's sessions.
+SESSION_BLOCK = rf"blk_-?{_D}+"
+
+_FIELD = compile_linear(r"<([^<>]+)>", what="log format field pattern")
+_SPACE_RUN = compile_linear(" +", what="log format space pattern")
 
 
 @dataclass(frozen=True)
@@ -86,7 +174,10 @@ class Preset:
     ``masking`` holds (regex, mask name) pairs applied in order before Drain sees the content;
     ``session_pattern`` (optional) is searched in the content and its first match (group 1 if
     the pattern has groups) is the line's session id; ``extra_delimiters`` are literal strings
-    Drain treats as extra token separators.
+    Drain treats as extra token separators. All regexes are RE2 syntax (linear time; no
+    lookaround or backreferences): a mask with a group named ``mask`` replaces only that group
+    and keeps the rest of its match as context (see :class:`~flexlog.parsing.regex.LinearMask`).
+    A pattern RE2 cannot run raises a ``ValueError`` naming the preset and the pattern.
     """
 
     name: str
@@ -113,40 +204,90 @@ class Preset:
         for regex, mask in self.masking:
             if not mask:
                 raise ValueError(f"preset {self.name!r}: mask for {regex!r} has an empty name")
-            _compile(self.name, "mask", regex)
-        if self.session_pattern is not None:
-            _compile(self.name, "session_pattern", self.session_pattern)
+        _ = self.maskers
+        _ = self.session_regex
         try:
-            _ = self.header_regex
-        except re.error as exc:
+            _ = self.header_regex, self._header_prefix
+        except ValueError as exc:
             raise ValueError(
                 f"preset {self.name!r}: log_format is not a valid pattern: {exc}"
             ) from exc
 
     @cached_property
-    def header_regex(self) -> re.Pattern[str]:
-        """The compiled log format: one named group per ``<Field>``."""
+    def header_regex(self):
+        """The compiled log format (RE2): one named group per ``<Field>``."""
         return compile_log_format(self.log_format)
 
     @cached_property
-    def session_regex(self) -> re.Pattern[str] | None:
-        return re.compile(self.session_pattern) if self.session_pattern else None
+    def _header_groups(self) -> tuple[tuple[str, int], ...]:
+        index = self.header_regex.groupindex
+        return tuple(sorted(index.items(), key=lambda item: item[1]))
+
+    @cached_property
+    def _header_prefix(self):
+        """The format up to a final ``<Content>`` (None if it does not end with one).
+
+        ``(?P<Content>.*?)\\n?$`` at the end matches whatever follows the rest of the header,
+        so on a line with no newline before its end, the header's match without it gives the
+        same fields, and Content is the rest of the line. RE2 then finds the fields in the
+        header alone instead of across the whole line (microseconds, not milliseconds, on a
+        64 KiB line).
+        """
+        if not self.log_format.endswith("<Content>"):
+            return None
+        prefix = _format_regex(self.log_format[: -len("<Content>")])
+        if not is_sequence(prefix):  # e.g. a top-level | in the format's text
+            return None
+        return compile_linear("^" + prefix, what=f"log format {self.log_format!r} as a regex:")
+
+    @cached_property
+    def session_regex(self):
+        """The compiled ``session_pattern`` (RE2), or None."""
+        if self.session_pattern is None:
+            return None
+        return compile_linear(self.session_pattern, what=f"preset {self.name!r}: session_pattern")
+
+    @cached_property
+    def maskers(self) -> tuple[LinearMask, ...]:
+        """The compiled masks, in order (see :class:`~flexlog.parsing.regex.LinearMask`)."""
+        return tuple(
+            LinearMask(regex, what=f"preset {self.name!r}: mask {mask}")
+            for regex, mask in self.masking
+        )
 
     def split(self, line: str) -> dict[str, str] | None:
-        """The header fields and ``Content`` of ``line``, or None if it does not fit the format."""
-        m = self.header_regex.match(line)
-        if m is None:
+        """The header fields and ``Content`` of ``line``, or None if it does not fit the format
+        (or is not valid Unicode: a lone surrogate)."""
+        try:
+            data = line.encode("utf-8")
+        except UnicodeEncodeError:
             return None
-        return {k: (v if v is not None else "") for k, v in m.groupdict().items()}
+        newline = data.find(b"\n")
+        prefix = self._header_prefix
+        if prefix is not None and (newline < 0 or newline == len(data) - 1):
+            spans = search_spans(prefix, data, anchored=True)
+            if spans is None:
+                return None
+            fields = _fields(data, spans, self._header_groups[:-1])
+            fields["Content"] = data[spans[0][1] : len(data) - (newline >= 0)].decode("utf-8")
+            return fields
+        spans = search_spans(self.header_regex, data, anchored=True)
+        if spans is None:
+            return None
+        return _fields(data, spans, self._header_groups)
 
     def session_of(self, content: str) -> str | None:
         """The session id in ``content`` (first match of ``session_pattern``), if any."""
-        if self.session_regex is None:
+        regex = self.session_regex
+        if regex is None:
             return None
-        m = self.session_regex.search(content)
+        try:
+            m = regex.search(content)
+        except UnicodeEncodeError:
+            return None
         if m is None:
             return None
-        return m.group(1) if self.session_regex.groups else m.group(0)
+        return m.group(1) if regex.groups else m.group(0)
 
     def to_dict(self) -> dict:
         return {
@@ -163,14 +304,19 @@ class Preset:
 
     @classmethod
     def from_dict(cls, data: dict) -> Preset:
+        """Rebuild a preset from :meth:`to_dict`. Masks and session patterns saved by earlier
+        versions (Python ``re`` patterns with lookarounds) become their RE2 equivalents."""
         try:
+            session = data.get("session_pattern")
             return cls(
                 name=str(data["name"]),
                 log_format=str(data["log_format"]),
-                masking=tuple((str(r), str(m)) for r, m in data["masking"]),
+                masking=tuple(
+                    (LEGACY_PATTERNS.get(str(r), str(r)), str(m)) for r, m in data["masking"]
+                ),
                 sim_th=float(data["sim_th"]),
                 depth=int(data["depth"]),
-                session_pattern=data.get("session_pattern"),
+                session_pattern=LEGACY_PATTERNS.get(session, session) if session else session,
                 extra_delimiters=tuple(str(d) for d in data.get("extra_delimiters", ())),
                 parametrize_numeric_tokens=bool(data.get("parametrize_numeric_tokens", True)),
                 description=str(data.get("description", "")),
@@ -179,48 +325,62 @@ class Preset:
             raise ValueError(f"invalid preset record: {exc!r}") from exc
 
 
-def _compile(preset: str, what: str, regex: str) -> re.Pattern[str]:
-    try:
-        return re.compile(regex)
-    except re.error as exc:
-        raise ValueError(
-            f"preset {preset!r}: {what} {regex!r} is not a valid regex: {exc}"
-        ) from exc
+def _fields(data: bytes, spans, groups: tuple[tuple[str, int], ...]) -> dict[str, str]:
+    fields = {}
+    for name, i in groups:
+        start, end = spans[i]
+        fields[name] = data[start:end].decode("utf-8") if start >= 0 else ""
+    return fields
 
 
-def compile_log_format(log_format: str) -> re.Pattern[str]:
-    """Compile a loghub-style format into an anchored regex with one named group per field.
+def compile_log_format(log_format: str):
+    """Compile a loghub-style format into an anchored RE2 regex, one named group per field.
 
-    Fields match lazily (``.*?``); the literal text between them is a regex fragment whose
-    spaces match one or more whitespace characters, as in loghub's ``generate_logformat_regex``.
+    Fields match lazily (``.*?``); the literal text between them is a regex fragment (RE2
+    syntax) whose spaces match one or more whitespace characters, as in loghub's
+    ``generate_logformat_regex``. Like Python's ``$``, the end also matches before a final
+    newline. Raises :class:`~flexlog.parsing.regex.PatternError` (a ``ValueError``) naming
+    the format when it cannot be compiled or needs backtracking.
     """
+    return compile_linear(
+        "^" + _format_regex(log_format) + r"\n?$", what=f"log format {log_format!r} as a regex:"
+    )
+
+
+def _format_regex(log_format: str) -> str:
     parts = _FIELD.split(log_format)
     regex = []
     seen: set[str] = set()
     for i, part in enumerate(parts):
         if i % 2 == 0:
-            regex.append(re.sub(" +", r"\\s+", part))
+            reject_backtracking(part, what=f"log format {log_format!r}: the text")
+            regex.append(_SPACE_RUN.sub(lambda _: f"[{_S}]+", part))
         else:
             if not part.isidentifier():
-                raise ValueError(f"log format field <{part}> is not a valid identifier")
+                raise PatternError(f"log format field <{part}> is not a valid identifier")
             if part in seen:
-                raise ValueError(f"log format field <{part}> appears twice")
+                raise PatternError(f"log format field <{part}> appears twice")
             seen.add(part)
             regex.append(f"(?P<{part}>.*?)")
-    return re.compile("^" + "".join(regex) + "$")
+    return "".join(regex)
 
 
 # HPC: quoted component names (``\042alt0\042``), node names and ranges, node-set dumps, and
 # storage domain names. Interface names (``alt0``, ``ee0``) stay: they tell events apart.
 _HPC_MASKS = (
     (r"\\042.*?\\042", "COMP"),
-    (r"(?:node-\d+ 0x[0-9a-fA-F]+ <ok>\s*)+", "NODESET"),
-    (r"node-D?(?:\d+|\[[^\]]*\])", "NODE"),
-    (r"(?<=\bdomain )\S+", "DOMAIN"),
+    (rf"(?:node-{_D}+ 0x[0-9a-fA-F]+ <ok>[{_S}]*)+", "NODESET"),
+    (rf"node-D?(?:{_D}+|\[[^\]]*\])", "NODE"),
+    (_BOUNDARY + "domain " + _value(rf"[^{_S}]+"), "DOMAIN"),
     MASK_IP,
     MASK_HEX,
     MASK_NUM,
-    (r"(?<![\w<])[A-Za-z_][\w.-]*\d{2,}[\w.-]*(?![\w>])", "ID"),  # storage234, root14_local
+    (  # storage234, root14_local
+        _not_after(_W + "<")
+        + _value(rf"[A-Za-z_][{_W}.-]*{_D}{{2,}}[{_W}.-]*")
+        + _not_before(_W + ">"),
+        "ID",
+    ),
 )
 
 PRESETS: dict[str, Preset] = {
@@ -240,7 +400,7 @@ PRESETS: dict[str, Preset] = {
             masking=(MASK_PATH, MASK_BLOCK, *_VALUES, *_NUMBERS),
             sim_th=0.5,
             depth=4,
-            session_pattern=r"blk_-?\d+",
+            session_pattern=SESSION_BLOCK,
             description="Hadoop HDFS datanode/namenode logs; sessions are block ids",
         ),
         Preset(
@@ -279,7 +439,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="zookeeper",
             log_format=r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>",
-            masking=((r"(?<=environment:)\S+=.*", "ENV"), *COMMON_MASKS),
+            masking=(("environment:" + _value(rf"[^{_S}]+=.*"), "ENV"), *COMMON_MASKS),
             sim_th=0.95,
             depth=4,
             description="ZooKeeper server logs",
@@ -327,3 +487,20 @@ def get_preset(name: str) -> Preset:
         known = ", ".join(sorted(PRESETS))
         raise ValueError(f"unknown preset {name!r}; known presets: {known}")
     return preset
+
+
+def _legacy_patterns() -> dict[str, str]:
+    """Old Python pattern -> today's RE2 pattern, pairing each old preset's masks with today's."""
+    table: dict[str, str] = {}
+    for name, indices in legacy.PRESET_MASKS.items():
+        for index, (new, _) in zip(indices, PRESETS[name].masking, strict=True):
+            old = legacy.PATTERNS[index]
+            if table.setdefault(old, new) != new:
+                raise AssertionError(f"legacy mask {old!r} has two RE2 versions")
+    for name, old in legacy.SESSION_PATTERNS.items():
+        table[old] = PRESETS[name].session_pattern or old
+    return table
+
+
+#: Patterns saved by earlier versions (Python ``re`` syntax) and their RE2 versions today.
+LEGACY_PATTERNS: dict[str, str] = _legacy_patterns()
