@@ -9,6 +9,7 @@ keys (e.g. HDFS ``E5``) score raw logs parsed anew.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 
@@ -71,8 +72,9 @@ class TemplateAligner:
 def align_sequences(
     sequences: Iterable[LogSequence], mapping: Mapping[str, str]
 ) -> list[LogSequence]:
-    """Rewrite events through ``mapping`` (keys not in it are kept as they are)."""
+    """Rewrite events through ``mapping`` (keys not in it are kept as they are), keeping each
+    sequence's label and group."""
     if not mapping:
         return list(sequences)
     get = mapping.get
-    return [LogSequence(s.id, tuple(get(ev, ev) for ev in s.events), s.label) for s in sequences]
+    return [dataclasses.replace(s, events=tuple(get(ev, ev) for ev in s.events)) for s in sequences]

@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from flexlog.alignment import TemplateAligner, align_sequences
 from flexlog.data.ulad import SYNHDFS_RATIOS, UladDataset
 from flexlog.detector import Detector, make_detector, make_voters
 from flexlog.ensemble import VotingEnsemble, majority_vote, voter_scores
 from flexlog.evaluate import mann_whitney, scores
+from flexlog.ingest import KeyAligner
 from flexlog.inner_validation import fit_rule, out_of_fold_scores
 from flexlog.training import deployment_anomaly_rate
 from flexlog.voters.base import FeatureMemo
@@ -186,8 +186,7 @@ def run_one(
         known = {k: t for k, t in ds.templates.items() if k in seen}
         unseen = {ev: ds.templates[ev] for s in test for ev in s.events if ev in ds.templates}
         unseen = {k: t for k, t in unseen.items() if k not in seen}
-        mapping = TemplateAligner(known).mapping(unseen) if known and unseen else {}
-        aligned = align_sequences(test, mapping)
+        aligned, _ = KeyAligner(known).align(test, unseen)
         aligned_votes = VotingEnsemble([m for m in det.ensemble.voters if m[0] in base]).votes(
             [s.events for s in aligned]
         )

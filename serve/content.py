@@ -25,20 +25,18 @@ import contextlib
 import json
 import re
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from flexlog.data.records import IngestReport, LogSequence
-from flexlog.parsing import TemplateParser, get_preset, partition
+from flexlog.ingest import Ingestor, IngestTimeout, KeyAligner, Partitioning
+from flexlog.parsing import TemplateParser, get_preset
 
 #: What an event key looks like; anything else is a raw log line.
 KEY = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
 _RUN = re.compile(r"([^\s\x00-\x1f\x7f]{1,256}) x([1-9][0-9]{0,6})")
 _PREFIX = re.compile(r"log sequence:\s*", re.IGNORECASE)
 _SOURCE = "request"
-#: Lines parsed between two looks at the deadline.
-PARSE_CHUNK = 256
 
 
 class ContentError(ValueError):
@@ -122,8 +120,7 @@ class SequenceReader:
     ):
         self._saved = TemplateParser.from_dict(parser_state) if parser_state else None
         self._lock = threading.Lock()
-        self._templates = dict(templates) if templates else None
-        self._aligner = None
+        self._aligner = KeyAligner(templates)
         self.max_events = max_events
         self.max_lines = max_lines
         self.max_line_chars = max_line_chars
@@ -174,12 +171,14 @@ class SequenceReader:
     def _parse_items(self, raw: list[str], fmt: str | None, deadline: float | None) -> list[str]:
         """Event keys of raw log lines; ContentError naming the first line that fails."""
         report = IngestReport()
-        parsed = self._parse(list(enumerate(raw, start=1)), fmt, report, deadline)
+        with _timeout():
+            parsed = self._ingestor(fmt).keys(
+                list(enumerate(raw, start=1)), source=_SOURCE, report=report, deadline=deadline
+            )
         if report.rejections:
             first = report.rejections[0]
             raise ContentError(f"raw log line {first.line}: {first.reason}")
-        mapping = self._alignment({p.event: p.template for p in parsed})
-        return [mapping.get(p.event, p.event) for p in parsed]
+        return [p.event for p in parsed]
 
     # -- raw lines, partitioned into many sequences ------------------------------------------
     def partition(
@@ -213,18 +212,9 @@ class SequenceReader:
                 )
             elif line.strip():
                 numbered.append((i, line))
-        parsed = self._parse(numbered, fmt, report, deadline)
-        stage = IngestReport()
-        kw: dict = {"report": stage} if mode == "session" else {"size": window}
-        if mode == "sliding":
-            kw["step"] = step
-        seqs = partition(parsed, mode, source=_SOURCE, **kw)
-        for rejection in stage.rejections:
-            report.reject_accepted(rejection)
-        mapping = self._alignment({p.event: p.template for p in parsed})
-        if mapping:
-            get = mapping.get
-            seqs = [LogSequence(s.id, tuple(get(e, e) for e in s.events)) for s in seqs]
+        ingestor = self._ingestor(fmt, Partitioning(mode, window, step))
+        with _timeout():
+            seqs = ingestor.sequences([(_SOURCE, numbered)], report, deadline=deadline)
         too_long = [s.id for s in seqs if len(s.events) > self.max_events]
         if too_long:
             raise ContentError(
@@ -234,51 +224,18 @@ class SequenceReader:
         return seqs, report
 
     # -- parsing -------------------------------------------------------------------------------
-    def _parse(
-        self,
-        numbered: list[tuple[int, str]],
-        fmt: str | None,
-        report: IngestReport,
-        deadline: float | None,
-    ):
-        """The lines parsed in chunks, looking at the deadline between chunks. A fresh parser
-        is fitted on all lines first (in chunks too: fitting adds up), as in one call."""
-        chunks = [numbered[i : i + PARSE_CHUNK] for i in range(0, len(numbered), PARSE_CHUNK)]
+    def _ingestor(self, fmt: str | None, partitioning: Partitioning | None = None) -> Ingestor:
+        """The bundle's parser (shared: it remembers unseen templates, so one chunk at a time
+        holds it) when the request names no other format, else a fresh one."""
         saved = self._saved
         if saved is not None and (fmt is None or get_preset(fmt).name == saved.preset.name):
-            # the shared parser remembers unseen templates: one chunk at a time holds it
-            return self._chunked(saved, chunks, report, deadline, self._lock)
-        parser = TemplateParser(fmt or "generic")
-        for chunk in chunks:
-            _check_deadline(deadline)
-            parser.fit(chunk)
-        return self._chunked(parser, chunks, report, deadline, contextlib.nullcontext())
-
-    @staticmethod
-    def _chunked(parser, chunks, report: IngestReport, deadline: float | None, lock):
-        parsed = []
-        for chunk in chunks:
-            _check_deadline(deadline)
-            with lock:
-                parsed += parser.parse(chunk, source=_SOURCE, report=report)
-        return parsed
-
-    def _alignment(self, templates: dict[str, str]) -> dict[str, str]:
-        """Unseen template keys → the closest known key (empty without bundle templates)."""
-        if not self._templates:
-            return {}
-        unseen = {k: t for k, t in templates.items() if k not in self._templates}
-        if not unseen:
-            return {}
-        from flexlog.alignment import TemplateAligner
-
-        with self._lock:
-            if self._aligner is None:
-                self._aligner = TemplateAligner(self._templates)
-            aligner = self._aligner
-        return aligner.mapping(unseen)
+            return Ingestor(saved, partitioning, self._aligner, lock=self._lock)
+        return Ingestor(TemplateParser(fmt or "generic"), partitioning, self._aligner)
 
 
-def _check_deadline(deadline: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise ParseTimeout("the raw log lines took too long to parse; send fewer lines")
+@contextlib.contextmanager
+def _timeout() -> Iterator[None]:
+    try:
+        yield
+    except IngestTimeout as exc:
+        raise ParseTimeout("the raw log lines took too long to parse; send fewer lines") from exc
