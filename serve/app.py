@@ -102,6 +102,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 CacheKey = Annotated[str, PathParam(pattern=CACHE_KEY_PATTERN, description="64 hex digits")]
 
 
+def _cache_links(key: str, *, correct: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI links from a 200 answer that names a cache key (``key``, a runtime expression)
+    to the cache operations on that key (``correct``: the PUT too): documentation for
+    clients, and the transitions a stateful tester (schemathesis) chains."""
+    targets = {
+        "GetCacheEntry": ("get", "/v1/cache/{key}", "The cached answer"),
+        "CorrectCacheEntry": ("put", "/v1/cache/{key}", "Correct the label (admin)"),
+        "GetCacheHistory": ("get", "/v1/cache/{key}/history", "Its corrections"),
+        "UndoCacheCorrection": ("post", "/v1/cache/{key}/undo", "Undo the latest one (admin)"),
+        "DeleteCacheEntry": ("delete", "/v1/cache/{key}", "Forget the answer (admin)"),
+    }
+    links = {
+        name: {
+            "operationRef": "#/paths/" + path.replace("/", "~1") + "/" + method,
+            "parameters": {"key": key},
+            "description": text,
+        }
+        for name, (method, path, text) in targets.items()
+        if correct or method != "put"
+    }
+    return {200: {"links": links}}
+
+
 def create_app(bundle: str | Path, settings: Settings | None = None) -> FastAPI:
     """The service for a bundle directory (loaded and checked here, so a bad bundle fails at
     once)."""
@@ -475,7 +498,12 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
             chunks.append(Completion(**common, choices=[], usage=usage))
         return _event_stream(chunks)
 
-    @router.post("/detect", response_model=DetectResponse, tags=["flexlog"])
+    @router.post(
+        "/detect",
+        response_model=DetectResponse,
+        tags=["flexlog"],
+        responses=_cache_links("$response.body#/results/0/key"),
+    )
     async def detect(body: DetectRequest) -> DetectResponse:
         """Many sequences (or raw log lines) in, one result per sequence out, in order."""
         voter = service.resolve_model(body.model)
@@ -581,7 +609,12 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
         corrections = await run_in_threadpool(service.cache_history, key.lower())
         return CacheHistory(key=key.lower(), data=[_correction(c) for c in corrections])
 
-    @router.put("/cache/{key}", response_model=CacheEntryOut, tags=["cache"])
+    @router.put(
+        "/cache/{key}",
+        response_model=CacheEntryOut,
+        tags=["cache"],
+        responses=_cache_links("$request.path.key", correct=False),
+    )
     async def cache_put(key: CacheKey, body: CacheUpdate, caller: Caller = admin) -> CacheEntryOut:
         """Correct the label of a sequence (a human answer, which wins over the models);
         recorded in its history. Needs an admin key."""
