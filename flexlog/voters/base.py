@@ -71,6 +71,11 @@ class CountVoter(ClassifierMixin, BaseEstimator):
     def _make_estimator(self):
         raise NotImplementedError
 
+    def known_events(self) -> frozenset[str]:
+        """The event keys seen in training (evidence: any other event is unseen)."""
+        check_is_fitted(self, "counter_")
+        return frozenset(self.counter_.vocabulary_)
+
     def _counts(self, X):
         seqs = X if isinstance(X, FeatureMemo) else as_event_lists(X)
         if isinstance(X, FeatureMemo):

@@ -14,8 +14,10 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from flexlog.features import as_event_lists
 from flexlog.voters.neural import (
     PAD,
     UNSEEN,
@@ -324,6 +326,18 @@ class DeepLogVoter(NeuralVoter):
         shares = np.array([[float((r >= c).mean()) for c in ks] for r in ranks])
         j, tolerance, _ = tune_rule(shares, y, tolerances)
         return ks[j], tolerance
+
+    def unlikely(self, X) -> list[list[int]]:
+        """For each sequence, the positions of the events outside the model's top-k next
+        events after their window (DeepLog's evidence for an anomaly)."""
+        check_is_fitted(self, "modules_")
+        seqs = as_event_lists(X)
+        if not seqs:
+            return []
+        k = self.fitted_["top_k"]
+        with torch.inference_mode():
+            ranks = self._ranks([self.vocabulary_.encode(s) for s in seqs])
+        return [np.flatnonzero(r >= k).tolist() for r in ranks]
 
     def _predict(self, encoded: list[np.ndarray]) -> np.ndarray:
         k, tolerance = self.fitted_["top_k"], self.fitted_.get("tolerance", 0.0)

@@ -185,6 +185,10 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
         if retriever is not None:
             retriever.add_templates(table)
 
+    def known_events(self) -> frozenset[str]:
+        """The event keys the prompt names as they are (training, templates, knowledge)."""
+        return frozenset(getattr(self, "vocabulary_", ()))
+
     def knowledge_for(self, events) -> list[str]:
         """The retrieved lines for one sequence (most relevant first)."""
         retriever = self._retriever()

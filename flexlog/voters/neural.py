@@ -264,6 +264,11 @@ class NeuralVoter(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         return self
 
+    def known_events(self) -> frozenset[str]:
+        """The event keys seen in training (evidence: any other event is unseen)."""
+        check_is_fitted(self, "vocabulary_")
+        return frozenset(self.vocabulary_.index)
+
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "modules_")
         seqs = as_event_lists(X)
