@@ -34,6 +34,8 @@ from flexlog.data.records import InputError
 from flexlog.data.templates import read_templates, write_templates
 from flexlog.detector import Detector
 from flexlog.ensemble import VotingEnsemble
+from flexlog.evidence import EventProfile
+from flexlog.ingest import Partitioning
 from flexlog.vote_rules import rule_from_json
 from flexlog.voters.base import BundleFormatError
 from flexlog.voters.registry import voter_class
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 FORMAT = "flexlog-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: Beside the voters: how common each training event was in normal sequences (evidence).
+EVENT_PROFILE = "event_profile.json"
 
 
 class BundleError(InputError):
@@ -83,6 +87,30 @@ class Bundle:
     def metrics(self) -> dict:
         return self.manifest.get("metrics", {})
 
+    @property
+    def event_profile(self) -> EventProfile | None:
+        """How common each training event was in normal sequences (for evidence); None for
+        bundles written without one."""
+        if EVENT_PROFILE not in self.manifest.get("files", {}):
+            return None
+        try:
+            return EventProfile.from_json(json.loads((self.path / EVENT_PROFILE).read_text()))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise BundleError(f"{self.path}/{EVENT_PROFILE}: {exc}") from exc
+
+    @property
+    def partitioning(self) -> Partitioning | None:
+        """How training grouped raw log lines into sequences (None: trained on sequences),
+        so scoring raw logs with this bundle groups them the same way."""
+        ingestion = self.manifest.get("ingestion") or {}
+        saved = ingestion.get("partitioning") if isinstance(ingestion, dict) else ingestion
+        if saved is None:
+            return None
+        try:
+            return Partitioning.from_json(saved)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{self.path}/{MANIFEST}: ingestion.partitioning: {exc}") from exc
+
 
 def save_bundle(
     detector: Detector,
@@ -93,6 +121,8 @@ def save_bundle(
     metrics: dict | None = None,
     templates: dict[str, str] | None = None,
     parser_state: dict | None = None,
+    partitioning: Partitioning | None = None,
+    event_profile: EventProfile | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``detector`` as a bundle at ``path`` (atomically: a temp dir, then a rename).
@@ -131,6 +161,8 @@ def save_bundle(
             write_templates(tmp / "templates.csv", templates)
         if parser_state is not None:
             (tmp / "parser.json").write_text(json.dumps(parser_state))
+        if event_profile is not None:
+            (tmp / EVENT_PROFILE).write_text(json.dumps(event_profile.to_json()))
         files = {
             p.relative_to(tmp).as_posix(): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
@@ -155,6 +187,8 @@ def save_bundle(
             "metrics": _jsonable(metrics or {}),
             "files": files,
         }
+        if partitioning is not None:
+            manifest["ingestion"] = {"partitioning": partitioning.to_json()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if path.exists():
             shutil.rmtree(path)

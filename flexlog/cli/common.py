@@ -113,12 +113,9 @@ def _load_with_cache(bundle_path: Path, open_cache):
 def _aligned(bundle, seqs: list[LogSequence], templates: dict[str, str] | None):
     """Map events unknown to the bundle onto its closest known templates, if both sides
     have template texts. Returns the sequences and how many keys were remapped."""
-    if not bundle.templates or not templates:
-        return seqs, 0
-    from flexlog.alignment import TemplateAligner, align_sequences
+    from flexlog.ingest import KeyAligner
 
-    mapping = TemplateAligner(bundle.templates).mapping(templates)
-    return align_sequences(seqs, mapping), len(mapping)
+    return KeyAligner(bundle.templates).align(seqs, templates)
 
 
 def _has_slow_voters(ensemble) -> bool:
@@ -129,20 +126,39 @@ def _has_slow_voters(ensemble) -> bool:
     return max(voter_cost(v) for _, v in ensemble.voters) >= 100
 
 
-def _evaluate(
-    detector, test_path: Path, templates=None, bundle=None, *, all_votes: bool = False
-) -> dict:
-    """Scores of the ensemble and of each voter on a labelled file. Voting short-circuits
+def _read_labelled(path: Path, args: argparse.Namespace, *, bundle=None, templates=None):
+    """Labelled sequences from canonical JSONL or raw logs (with --label-field or --labels),
+    aligned to the bundle's templates; and the ingestion report."""
+    from flexlog.cli.logs import labels_from_args, read_raw, wants_raw
+
+    if wants_raw(args, path, bundle=bundle):
+        labels = labels_from_args(args)
+        if labels is None:
+            raise CliError(
+                f"{path}: raw logs need labels: --label-field FIELD [--normal-value V] "
+                "(a label on every line) or --labels FILE.csv (a label per session)"
+            )
+        report = IngestReport()
+        raw = read_raw([path], args, report, bundle=bundle, labels=labels)
+        if raw.unlabelled or raw.unused_labels:
+            err.print(
+                f"{raw.unlabelled} sequences without a label were left out (their lines "
+                f"rejected); {raw.unused_labels} labelled sessions never appear in {path}"
+            )
+        return raw.sequences, report, raw
+    seqs, report = read_jsonl(path, require_label=True)
+    if bundle is not None:
+        seqs, _ = _aligned(bundle, seqs, templates)
+    return seqs, report, None
+
+
+def _evaluate(detector, seqs: list[LogSequence], *, all_votes: bool = False) -> dict:
+    """Scores of the ensemble and of each voter on labelled sequences. Voting short-circuits
     (each voter's scores are on the sequences it was asked about, ``asked`` of them) unless
     ``all_votes``; long runs show progress (sequences done, rate, ETA)."""
     from flexlog.detector import Detector
     from flexlog.evaluate import scores as score
 
-    seqs, report = read_jsonl(test_path, require_label=True)
-    if not seqs:
-        raise CliError(f"{test_path}: no usable labelled sequences ({report.summary()})")
-    if bundle is not None:
-        seqs, _ = _aligned(bundle, seqs, templates)
     voting = Detector(detector.ensemble, short_circuit=not all_votes)
     slow = _has_slow_voters(voting.ensemble)
     batch = 64 if slow else 4096
@@ -163,46 +179,4 @@ def _evaluate(
             result[name] = {**score(*zip(*asked, strict=True)), "asked": len(asked)}
     if detector.cache is not None:  # what the service would answer, human corrections included
         result["with_cache"] = score(y, [v.label for v in detector.predict(seqs)])
-    return {"scores": result, "report": report, "asked_share": voting.asked_share()}
-
-
-# -- raw log ingestion (score and parse) -------------------------------------------------------
-def _add_partition_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--partition",
-        choices=("session", "fixed", "sliding"),
-        default="session",
-        help="how raw lines become sequences (default: by session id)",
-    )
-    p.add_argument("--session-pattern", help="regex whose first match is a line's session id")
-    p.add_argument("--window", type=int, default=20, help="window size for fixed/sliding")
-    p.add_argument("--step", type=int, default=1, help="step of the sliding window")
-
-
-def _raw_sequences(
-    paths: list[Path], preset: str, args: argparse.Namespace, report: IngestReport, parser=None
-):
-    """Parse raw log files into sequences. Returns the sequences and the parser (whose
-    ``templates()`` give the events' texts). Every line ends up accepted (in a sequence) or
-    rejected in ``report``."""
-    from flexlog.parsing import TemplateParser, partition, read_log_lines
-
-    files = [(p, list(read_log_lines(p, report))) for p in paths]
-    if parser is None:
-        parser = TemplateParser(preset)
-        parser.fit(line for _, lines in files for line in lines)
-    kw: dict = {}
-    if args.partition == "session":
-        kw["pattern"] = args.session_pattern
-    else:
-        kw["size"] = args.window
-        if args.partition == "sliding":
-            kw["step"] = args.step
-    seqs: list[LogSequence] = []
-    for path, lines in files:
-        parsed = parser.parse(lines, source=str(path), report=report)
-        stage = IngestReport()
-        seqs.extend(partition(parsed, args.partition, report=stage, source=str(path), **kw))
-        for rejection in stage.rejections:
-            report.reject_accepted(rejection)
-    return seqs, parser
+    return {"scores": result, "asked_share": voting.asked_share()}

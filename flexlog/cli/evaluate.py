@@ -7,13 +7,16 @@ import json
 from pathlib import Path
 
 from flexlog.cli.common import (
+    CliError,
     _evaluate,
     _load_with_cache,
     _metrics_table,
     _open_cache,
     _print_report,
+    _read_labelled,
     out,
 )
+from flexlog.cli.logs import add_label_options, add_parser_options, add_partition_options
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -25,13 +28,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     templates = read_templates(args.templates) if args.templates else None
     try:
-        res = _evaluate(
-            bundle.detector, Path(args.test), templates, bundle, all_votes=args.all_votes
-        )
+        seqs, report, _ = _read_labelled(Path(args.test), args, bundle=bundle, templates=templates)
+        if not seqs:
+            raise CliError(f"{args.test}: no usable labelled sequences ({report.summary()})")
+        res = _evaluate(bundle.detector, seqs, all_votes=args.all_votes)
     finally:
         if bundle.detector.cache is not None:
             bundle.detector.cache.close()
-    scores, report = res["scores"], res["report"]
+    scores = res["scores"]
     if args.json:
         ens = scores["ensemble"]
         voters = {k: v for k, v in scores.items() if k not in ("ensemble", "with_cache")}
@@ -63,7 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="precision / recall / F1 of a bundle on labelled data"
     )
     e.add_argument("--bundle", required=True)
-    e.add_argument("--test", required=True, help="labelled canonical JSONL")
+    e.add_argument(
+        "--test",
+        required=True,
+        help="labelled canonical JSONL, or raw logs (with --label-field or --labels; parsed "
+        "and partitioned the bundle's way unless the options say otherwise)",
+    )
     e.add_argument("--templates", help="EventId,EventTemplate CSV of the test events")
     e.add_argument("--cache", action="store_true", help="also report answers through the cache")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -73,4 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ask every voter about every sequence (per-voter scores on the whole file; the "
         "ensemble's labels are the same)",
     )
+    add_parser_options(e)
+    add_partition_options(e)
+    add_label_options(e)
     e.set_defaults(func=cmd_evaluate, no_cache=False)

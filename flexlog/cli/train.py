@@ -13,10 +13,11 @@ from flexlog.cli.common import (
     _metrics_table,
     _parse_params,
     _print_report,
+    _read_labelled,
     err,
     out,
 )
-from flexlog.data.records import read_jsonl
+from flexlog.cli.logs import add_label_options, add_parser_options, add_partition_options
 from flexlog.vote_rules import RULES
 from flexlog.voters.registry import DEFAULT_RULE
 
@@ -24,6 +25,7 @@ from flexlog.voters.registry import DEFAULT_RULE
 def cmd_train(args: argparse.Namespace) -> int:
     from flexlog.bundle import save_bundle, sha256_file
     from flexlog.data.templates import read_templates
+    from flexlog.evidence import EventProfile
     from flexlog.training import check_anomaly_rate, train_detector
     from flexlog.vote_rules import parse_weights
     from flexlog.voters.registry import parse_voter_list
@@ -41,12 +43,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if weights is not None and args.rule != "weighted":
         raise CliError("--weights: only the weighted rule takes weights (--rule weighted)")
     train_path = Path(args.train)
-    seqs, report = read_jsonl(train_path, require_label=True)
+    seqs, report, raw = _read_labelled(train_path, args)
     if report.rejected:
         _print_report(report)
     if not seqs:
         raise CliError(f"{train_path}: no usable training sequences ({report.summary()})")
-    templates = read_templates(args.templates) if args.templates else None
+    if raw is not None:  # raw logs: the bundle keeps the parser, its templates, the windows
+        if args.templates:
+            raise CliError("--templates is for canonical JSONL; raw logs bring their own")
+        templates = raw.parser.templates()
+        err.print(
+            f"parsed {report.read} lines ({report.rejected} rejected) with the "
+            f"{raw.parser.preset.name} format into {len(templates)} templates"
+        )
+    else:
+        templates = read_templates(args.templates) if args.templates else None
     err.print(
         f"training {', '.join(voters)} ({args.rule} vote) on {len(seqs)} sequences "
         f"from {train_path}"
@@ -93,7 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     metrics = {}
     if args.eval:
-        metrics = _evaluate(detector, Path(args.eval), templates)["scores"]
+        from flexlog.bundle import Bundle
+
+        trained = Bundle(Path(args.out), detector, {}, templates, raw and raw.parser.to_dict())
+        if raw is not None:
+            trained.manifest["ingestion"] = {"partitioning": raw.partitioning.to_json()}
+        held_out, _, _ = _read_labelled(Path(args.eval), args, bundle=trained)
+        metrics = _evaluate(detector, held_out)["scores"]
     path = save_bundle(
         detector,
         args.out,
@@ -101,6 +118,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=data,
         metrics=metrics,
         templates=templates,
+        parser_state=raw.parser.to_dict() if raw is not None else None,
+        partitioning=raw.partitioning if raw is not None else None,
+        event_profile=EventProfile.fit(seqs),
         overwrite=args.force,
     )
     if metrics:
@@ -112,7 +132,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` command."""
     t = subparsers.add_parser("train", help="train a detector and write a bundle")
-    t.add_argument("--train", required=True, help="labelled canonical JSONL")
+    t.add_argument(
+        "--train",
+        required=True,
+        help="labelled canonical JSONL, or raw logs with --label-field or --labels",
+    )
     t.add_argument("--templates", help="EventId,EventTemplate CSV of the events")
     t.add_argument(
         "--voters",
@@ -143,7 +167,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that of the set it was drawn from, estimated from repeated ids)",
     )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--eval", help="labelled JSONL to evaluate on and record in the manifest")
+    t.add_argument(
+        "--eval", help="labelled JSONL or raw logs to evaluate on and record in the manifest"
+    )
     t.add_argument("--out", required=True, help="bundle directory")
     t.add_argument("--force", action="store_true", help="replace an existing bundle")
+    add_parser_options(t)
+    add_partition_options(t)
+    add_label_options(t)
     t.set_defaults(func=cmd_train)

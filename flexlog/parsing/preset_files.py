@@ -106,7 +106,11 @@ def _masking(value: object, source: str) -> tuple[tuple[str, str], ...]:
             regex, name = item
         else:
             raise InputError(f"{source}: masking[{i}] must be {{regex: ..., name: ...}}")
-        if not isinstance(regex, str) or not isinstance(name, str) or not _MASK_NAME.fullmatch(name):
+        if (
+            not isinstance(regex, str)
+            or not isinstance(name, str)
+            or not _MASK_NAME.fullmatch(name)
+        ):
             raise InputError(f"{source}: masking[{i}] needs a regex string and a word as name")
         out.append((regex, name))
     return tuple(out)

@@ -1,0 +1,211 @@
+"""Raw logs on the command line: the options every command that reads them shares (format,
+masks, partitioning, labels) and the one call that turns files into sequences
+(:mod:`flexlog.ingest`).
+
+Whether an input is raw logs or canonical JSONL: ``--format jsonl`` or a ``.jsonl`` file is
+JSONL; any parser option (``--preset``, ``--preset-file``, ``--log-format``, ``--mask``), a
+label option, or a bundle that remembers a parser makes it raw logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from flexlog.cli.common import CliError
+from flexlog.data.records import IngestReport, LogSequence
+from flexlog.ingest import (
+    Ingestor,
+    KeyAligner,
+    LineLabels,
+    Partitioning,
+    SessionLabels,
+    SourceLines,
+)
+from flexlog.parsing import TemplateParser, read_log_lines
+from flexlog.parsing.partition import MODES
+from flexlog.parsing.preset_files import resolve_preset
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def add_parser_options(p: argparse.ArgumentParser, *, default_preset: str | None = None) -> None:
+    """--preset, --preset-file, --log-format, --mask, --sim-th, --depth."""
+    g = p.add_argument_group("log format (raw logs)")
+    g.add_argument(
+        "--preset",
+        default=default_preset,
+        help="a built-in preset (flexlog presets lists them)"
+        + (f"; default {default_preset}" if default_preset else ""),
+    )
+    g.add_argument("--preset-file", help="a YAML preset (flexlog presets show NAME prints one)")
+    g.add_argument(
+        "--log-format",
+        help="loghub format string, e.g. '<Date> <Time> <Level> <Component>: <Content>'",
+    )
+    g.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="REGEX=NAME",
+        help="mask (RE2 syntax) applied before the preset's own; repeatable",
+    )
+    g.add_argument("--sim-th", type=float, help="Drain similarity threshold (0-1)")
+    g.add_argument("--depth", type=int, help="Drain parse-tree depth (>= 3)")
+
+
+def add_partition_options(p: argparse.ArgumentParser) -> None:
+    """--partition, --session-pattern, --window, --step (default: the bundle's, else session)."""
+    g = p.add_argument_group("sequences (raw logs)")
+    g.add_argument(
+        "--partition",
+        choices=MODES,
+        help="how raw lines become sequences (default: the bundle's, else by session id)",
+    )
+    g.add_argument("--session-pattern", help="regex (RE2) whose first match is a line's session")
+    g.add_argument("--window", type=int, help="lines per fixed or sliding window (default 20)")
+    g.add_argument("--step", type=int, help="step of the sliding window (default 1)")
+
+
+def add_label_options(p: argparse.ArgumentParser) -> None:
+    """--label-field/--normal-value (per line) or --labels (per session)."""
+    g = p.add_argument_group("labels (raw logs)")
+    g.add_argument(
+        "--label-field",
+        help="header field holding each line's label (BGL style: a sequence is anomalous "
+        "when any of its lines is)",
+    )
+    g.add_argument(
+        "--normal-value", default="-", help="the label field's value on normal lines (default -)"
+    )
+    g.add_argument("--labels", help="session label CSV (HDFS's BlockId,Label: Normal/Anomaly)")
+
+
+def wants_raw(args: argparse.Namespace, path: Path, *, bundle=None) -> bool:
+    """Whether ``path`` is read as raw logs (see the module docstring)."""
+    fmt = getattr(args, "format", None)
+    if fmt == "jsonl":
+        return False
+    if fmt is not None:
+        return True
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return False
+    options = ("preset", "preset_file", "log_format", "label_field", "labels")
+    if any(getattr(args, name, None) for name in options) or getattr(args, "mask", None):
+        return True
+    return bundle is not None and bundle.parser_state is not None
+
+
+def parser_from_args(args: argparse.Namespace, *, bundle=None) -> TemplateParser:
+    """The bundle's fitted parser unless the options describe another format; else a fresh
+    parser for the preset the options describe."""
+    given = [
+        getattr(args, n, None) for n in ("preset", "preset_file", "log_format", "sim_th", "depth")
+    ]
+    given.append(getattr(args, "mask", None))
+    fmt = getattr(args, "format", None)
+    if bundle is not None and bundle.parser_state is not None and not any(given) and fmt is None:
+        return TemplateParser.from_dict(bundle.parser_state)
+    preset = resolve_preset(
+        args.preset or (fmt if fmt not in (None, "jsonl") else None),
+        preset_file=args.preset_file,
+        log_format=args.log_format,
+        masks=args.mask,
+        sim_th=args.sim_th,
+        depth=args.depth,
+        session_pattern=getattr(args, "session_pattern", None),
+    )
+    return TemplateParser(preset)
+
+
+def partitioning_from_args(args: argparse.Namespace, *, bundle=None) -> Partitioning:
+    """The options' partitioning, over the bundle's, over session windows."""
+    base = (bundle.partitioning if bundle is not None else None) or Partitioning()
+    try:
+        return Partitioning(
+            mode=args.partition or base.mode,
+            window=args.window if args.window is not None else base.window,
+            step=args.step if args.step is not None else base.step,
+            session_pattern=args.session_pattern or base.session_pattern,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def labels_from_args(args: argparse.Namespace) -> LineLabels | SessionLabels | None:
+    field, path = getattr(args, "label_field", None), getattr(args, "labels", None)
+    if field and path:
+        raise CliError("give --label-field or --labels, not both")
+    if field:
+        return LineLabels(field, args.normal_value)
+    if path:
+        return SessionLabels.read(path)
+    return None
+
+
+@dataclass
+class RawInput:
+    """Sequences read from raw logs, with what explains them: the parser (its templates),
+    each sequence's source lines, and the lines' text."""
+
+    sequences: list[LogSequence]
+    sources: list[SourceLines]
+    parser: TemplateParser
+    partitioning: Partitioning
+    text: dict[str, dict[int, str]]
+    remapped: int = 0
+    unlabelled: int = 0
+    unused_labels: int = 0
+
+    def line(self, source: str, number: int) -> str:
+        return self.text.get(source, {}).get(number, "")
+
+
+def read_raw(
+    paths: list[Path],
+    args: argparse.Namespace,
+    report: IngestReport,
+    *,
+    bundle=None,
+    labels: LineLabels | SessionLabels | None = None,
+) -> RawInput:
+    """Parse raw log files into sequences the bundle's way (its parser, partitioning and
+    templates for alignment) unless the options say otherwise. Every line read ends up in a
+    sequence or rejected in ``report``."""
+    parser = parser_from_args(args, bundle=bundle)
+    partitioning = partitioning_from_args(args, bundle=bundle)
+    if partitioning.mode == "session" and not (
+        partitioning.session_pattern or parser.preset.session_pattern
+    ):
+        raise CliError(
+            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
+            "sliding (with --window), or --session-pattern"
+        )
+    aligner = KeyAligner(bundle.templates if bundle is not None else None)
+    sources = [(str(p), list(read_log_lines(p, report))) for p in paths]
+    ingested = Ingestor(parser, partitioning, aligner).ingest(sources, report, labels=labels)
+    remapped = len(aligner.mapping(parser.templates())) if bundle is not None else 0
+    return RawInput(
+        ingested.sequences,
+        ingested.sources,
+        parser,
+        partitioning,
+        {name: dict(lines) for name, lines in sources},
+        remapped,
+        ingested.unlabelled,
+        ingested.unused_labels,
+    )
+
+
+__all__ = [
+    "RawInput",
+    "add_label_options",
+    "add_parser_options",
+    "add_partition_options",
+    "labels_from_args",
+    "parser_from_args",
+    "partitioning_from_args",
+    "read_raw",
+    "wants_raw",
+]
