@@ -42,6 +42,7 @@ from flexlog import __version__
 from flexlog.cache import key_of
 from flexlog.data.records import LogSequence, parse_record
 from flexlog.detector import Verdict
+from flexlog.ingest import SourceLines
 
 from .auth import Caller, KeyRing, Role
 from .content import ContentError, ParseTimeout, is_key
@@ -511,6 +512,7 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
         errors: dict[int, DetectError] = {}
         lines: LineCounts | None = None
         rejected: list[RejectedLine] = []
+        origins: list[SourceLines] | None = None
         if body.sequences is not None:
             if len(body.sequences) > settings.max_batch:
                 raise _batch_too_large(len(body.sequences), settings.max_batch, "sequences")
@@ -537,7 +539,7 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
                     param="lines",
                 )
             try:
-                parsed, report = await run_in_threadpool(
+                parsed, report, origins = await run_in_threadpool(
                     service.reader.partition,
                     body.lines,
                     body.format,
@@ -556,13 +558,16 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
             lines = LineCounts(read=report.read, accepted=report.accepted, rejected=report.rejected)
             rejected = [RejectedLine(line=r.line, reason=r.reason) for r in report.rejections]
         good = [s for s in seqs if s is not None]
-        verdicts = iter(await service.answer(good, voter) if good else [])
+        answers = await service.answer(good, voter) if good else []
+        evidence = iter(await run_in_threadpool(service.explain, good, answers))
+        verdicts = iter(answers)
         results: list[DetectVerdict | DetectError] = []
         for i, seq in enumerate(seqs):
             if seq is None:
                 results.append(errors[i])
                 continue
-            v = next(verdicts)
+            v, ev = next(verdicts), next(evidence)
+            origin = origins[i] if origins is not None else None
             results.append(
                 DetectVerdict(
                     index=i,
@@ -575,6 +580,8 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
                     degraded=v.degraded,
                     abstained=list(v.abstained),
                     not_asked=list(v.not_asked),
+                    origin=_origin(origin),
+                    evidence=ev.to_json(seq.events, origin) if ev is not None else None,
                 )
             )
         answered = [r for r in results if isinstance(r, DetectVerdict)]
@@ -784,6 +791,15 @@ def _correction(c: Any) -> CacheCorrectionOut:
         comment=c.comment,
         undoes=c.undoes,
     )
+
+
+def _origin(origin: SourceLines | None) -> dict[str, Any] | None:
+    """The request's line numbers a sequence came from (no file: they are the request's)."""
+    if origin is None:
+        return None
+    record = origin.to_json()
+    record.pop("file", None)
+    return record
 
 
 def _parse_timeout(exc: ParseTimeout, param: str) -> APIError:

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from flexlog.data.records import IngestReport, LogSequence
-from flexlog.ingest import Ingestor, IngestTimeout, KeyAligner, Partitioning
+from flexlog.ingest import Ingestor, IngestTimeout, KeyAligner, Partitioning, SourceLines
 from flexlog.parsing import TemplateParser, get_preset
 
 #: What an event key looks like; anything else is a raw log line.
@@ -190,11 +190,11 @@ class SequenceReader:
         window: int = 20,
         step: int = 1,
         deadline: float | None = None,
-    ) -> tuple[list[LogSequence], IngestReport]:
+    ) -> tuple[list[LogSequence], IngestReport, list[SourceLines]]:
         """Parse raw log lines and group them into sequences (by session id, or fixed or
-        sliding windows). Every non-blank line is accepted or rejected in the report (a line
-        over ``max_line_chars`` is rejected unparsed); :class:`ParseTimeout` past
-        ``deadline``."""
+        sliding windows), each with the request's line numbers it came from. Every non-blank
+        line is accepted or rejected in the report (a line over ``max_line_chars`` is
+        rejected unparsed); :class:`ParseTimeout` past ``deadline``."""
         self.check_format(fmt)
         if len(lines) > self.max_lines:
             raise ContentError(f"{len(lines)} lines, over the limit {self.max_lines}")
@@ -214,14 +214,15 @@ class SequenceReader:
                 numbered.append((i, line))
         ingestor = self._ingestor(fmt, Partitioning(mode, window, step))
         with _timeout():
-            seqs = ingestor.sequences([(_SOURCE, numbered)], report, deadline=deadline)
+            ingested = ingestor.ingest([(_SOURCE, numbered)], report, deadline=deadline)
+        seqs = ingested.sequences
         too_long = [s.id for s in seqs if len(s.events) > self.max_events]
         if too_long:
             raise ContentError(
                 f"sequence {too_long[0]!r} has more than {self.max_events} events; "
                 "use a smaller window"
             )
-        return seqs, report
+        return seqs, report, ingested.sources
 
     # -- parsing -------------------------------------------------------------------------------
     def _ingestor(self, fmt: str | None, partitioning: Partitioning | None = None) -> Ingestor:

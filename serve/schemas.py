@@ -240,6 +240,17 @@ class DetectVerdict(BaseModel):
         default_factory=list,
         description="the voters not asked because their vote could no longer change the label",
     )
+    origin: dict[str, Any] | None = Field(
+        None,
+        description="for raw lines: the request's line numbers the sequence came from "
+        "(first, last, and the lines themselves for short sequences)",
+    )
+    evidence: dict[str, Any] | None = Field(
+        None,
+        description="for anomalous verdicts: the voters that flagged it, the events unseen in "
+        "training, rare in normal training sequences, or unlikely to a next-event voter "
+        "(positions, events and, for raw lines, line numbers)",
+    )
 
 
 class DetectError(BaseModel):

@@ -25,6 +25,7 @@ from flexlog.cache import CacheEntry, CacheError, SequenceCache
 from flexlog.data.records import LogSequence
 from flexlog.detector import Verdict, transient_errors
 from flexlog.ensemble import NoVotersError
+from flexlog.evidence import explain
 
 from .batcher import BatcherClosed, MicroBatcher
 from .content import SequenceReader
@@ -84,6 +85,7 @@ class Service:
                 cache.close()
             raise
         bundle = self.bundle
+        self.profile = bundle.event_profile
         self.metrics = Metrics(lambda: self.detector)
         self.batcher = MicroBatcher(
             self.detector,
@@ -210,6 +212,10 @@ class Service:
                 f"No answer within {self.settings.request_timeout:g} s; try again later",
                 code="timeout",
             ) from exc
+
+    def explain(self, sequences: list[LogSequence], verdicts: list[Verdict]) -> list:
+        """The evidence for each anomalous verdict (None for the others)."""
+        return explain(self.detector, sequences, verdicts, profile=self.profile)
 
     # -- readiness -------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, str]]:

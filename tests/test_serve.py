@@ -290,6 +290,16 @@ def test_detect_raw_lines(http) -> None:
     ]
     body = http.post("/v1/detect", json={"lines": hdfs, "format": "hdfs"}).json()
     assert [r["id"] for r in body["results"]] == ["blk_-16", "blk_17"]
+    # each answer points back to its lines; anomalous ones carry their evidence
+    assert [r["origin"] for r in body["results"]] == [
+        {"first": 1, "last": 4, "lines": [1, 4]},
+        {"first": 2, "last": 2, "lines": [2]},
+    ]
+    for r in body["results"]:
+        if r["label"] == "anomalous":
+            assert r["evidence"]["flagged_by"] and "unseen" in r["evidence"]
+        else:
+            assert r["evidence"] is None
     assert body["counts"]["lines"] == {"read": 4, "accepted": 3, "rejected": 1}
     assert body["rejected_lines"][0]["line"] == 3
     _assert_error(http.post("/v1/detect", json={"lines": lines}), 400, "invalid_log_lines")

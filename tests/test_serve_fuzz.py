@@ -236,7 +236,7 @@ def test_partition_accounts_for_every_line(lines, fmt, mode, window, step, reade
     r = READERS[reader]
     name = fmt or r.default_format
     try:
-        seqs, report = r.partition(lines, fmt, mode, window=window, step=step)
+        seqs, report, origins = r.partition(lines, fmt, mode, window=window, step=step)
     except ContentError as exc:
         reasons = {
             "no session id": mode == "session" and get_preset(name).session_pattern is None,
@@ -258,6 +258,12 @@ def test_partition_accounts_for_every_line(lines, fmt, mode, window, step, reade
         _check_events(seq.events)
         assert len(seq.events) <= MAX_EVENTS
     assert len({s.id for s in seqs}) == len(seqs)
+    # each sequence knows its lines: as many as events, in range, not rejected ones
+    assert len(origins) == len(seqs)
+    rejected_lines = {rej.line for rej in report.rejections}
+    for seq, origin in zip(seqs, origins, strict=True):
+        assert len(origin.lines) == len(seq.events)
+        assert all(1 <= n <= len(lines) and n not in rejected_lines for n in origin.lines)
     total = sum(len(s.events) for s in seqs)
     if mode in ("session", "fixed"):
         assert total == report.accepted

@@ -82,7 +82,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 record = verdict.to_json()
                 source = raw.sources[start + i] if raw is not None else None
                 if source is not None:
-                    record["source"] = source.to_json()
+                    record["origin"] = source.to_json()
                 if ev is not None:
                     record["evidence"] = ev.to_json(seq.events, source)
                 fh.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -120,7 +120,7 @@ def _print_explanation(seq, record: dict, ev, source, raw: RawInput | None) -> N
     """The verdict, who flagged it, and the raw lines (or events) of its strongest evidence."""
     where = ""
     if source is not None:
-        span = record["source"]
+        span = record["origin"]
         where = f" ({span['file']} lines {span.get('first')}-{span.get('last')})"
     out.print(
         f"[bold red]anomalous[/] {escape(seq.id)}{escape(where)}: flagged by "
