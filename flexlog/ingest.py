@@ -6,7 +6,8 @@ content reader and the experiments all go through here, so a line is parsed, par
 aligned the same way wherever it comes from:
 
 * :class:`Partitioning` says how parsed lines become sequences (session ids, fixed or sliding
-  windows) and travels in a bundle's manifest, so scoring reuses training's choice;
+  windows of lines, or windows of time read from the lines' timestamp fields) and travels in a
+  bundle's manifest, so scoring reuses training's choice;
 * :class:`KeyAligner` maps template keys a detector has never seen onto their closest known
   template (by text), caching what it has worked out;
 * :class:`Ingestor` runs a :class:`~flexlog.parsing.TemplateParser` over numbered lines in
@@ -31,7 +32,40 @@ from flexlog.alignment import TemplateAligner, align_sequences
 from flexlog.data.records import IngestReport, InputError, LogSequence, Rejection
 from flexlog.parsing import TemplateParser, partition, read_log_lines
 from flexlog.parsing.miner import ParsedLine
-from flexlog.parsing.partition import MODES
+from flexlog.parsing.partition import MODES as LINE_MODES
+
+#: How lines become sequences: by session id, windows of lines, or windows of time.
+MODES = (*LINE_MODES, "time")
+#: Timestamp fields and their strptime format in each built-in preset's header.
+PRESET_TIMESTAMPS: dict[str, tuple[tuple[str, ...], str]] = {
+    "hdfs": (("Date", "Time"), "%y%m%d %H%M%S"),
+    "hadoop": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
+    "spark": (("Date", "Time"), "%y/%m/%d %H:%M:%S"),
+    "zookeeper": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
+    "openstack": (("Date", "Time"), "%Y-%m-%d %H:%M:%S.%f"),
+    "linux": (("Month", "Date", "Time"), "%b %d %H:%M:%S"),
+    "openssh": (("Date", "Day", "Time"), "%b %d %H:%M:%S"),
+    "apache": (("Time",), "%a %b %d %H:%M:%S %Y"),
+    "hpc": (("Time",), "%s"),
+}
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int) -> int:
+    """Seconds in ``90``, ``90s``, ``5m``, ``2h`` or ``1d``; ValueError naming the text."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        seconds = text
+    else:
+        value = str(text).strip().lower()
+        unit = _DURATION.get(value[-1:])
+        number = value[:-1] if unit is not None else value
+        if not number.isdigit():
+            raise ValueError(f"duration {text!r}: expected seconds or a number with s, m, h or d")
+        seconds = int(number) * (unit or 1)
+    if seconds < 1:
+        raise ValueError(f"duration {text!r} must be at least one second")
+    return seconds
+
 
 #: Lines parsed between two looks at the deadline.
 CHUNK = 256
@@ -44,19 +78,33 @@ class IngestTimeout(TimeoutError):
 @dataclass(frozen=True)
 class Partitioning:
     """How parsed lines become sequences: ``session`` (the preset's session id, or the first
-    match of ``session_pattern``), ``fixed`` windows of ``window`` lines, or ``sliding``
-    windows moved ``step`` lines at a time."""
+    match of ``session_pattern``), ``fixed`` windows of ``window`` lines, ``sliding`` windows
+    moved ``step`` lines at a time (default 1), or ``time`` windows of ``window`` seconds
+    starting every ``step`` seconds (default ``window``: back to back), read from the header
+    fields
+    ``time_fields`` (joined by a space) with the strptime ``time_format`` (``%s``: seconds
+    since the epoch)."""
 
     mode: str = "session"
     window: int = 20
-    step: int = 1
+    step: int | None = None
     session_pattern: str | None = None
+    time_fields: tuple[str, ...] = ()
+    time_format: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"partition must be one of {', '.join(MODES)}, got {self.mode!r}")
+        object.__setattr__(self, "time_fields", tuple(self.time_fields))
+        if self.mode == "time" and not (self.time_fields and self.time_format):
+            raise ValueError(
+                "time windows need the timestamp's fields and format (--time-fields, "
+                "--time-format; the built-in presets have their own)"
+            )
         for name in ("window", "step"):
             value = getattr(self, name)
+            if name == "step" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
@@ -95,14 +143,59 @@ class Partitioning:
     def _partition(
         self, parsed: Sequence[ParsedLine], source: str, stage: IngestReport
     ) -> list[LogSequence]:
+        if self.mode == "time":
+            return self._time_windows(parsed, source, stage)
         kw: dict[str, Any] = {}
         if self.mode == "session":
             kw.update(pattern=self.session_pattern, report=stage)
         else:
             kw["size"] = self.window
             if self.mode == "sliding":
-                kw["step"] = self.step
+                kw["step"] = self.step or 1
         return partition(parsed, self.mode, source=source, **kw)
+
+    def timestamp(self, line: ParsedLine) -> float | None:
+        """Seconds of a line's timestamp fields, or None when missing or unparsable."""
+        import datetime as dt
+
+        parts = [line.fields.get(f) for f in self.time_fields]
+        if any(p is None for p in parts):
+            return None
+        text = " ".join(p.strip() for p in parts)  # type: ignore[union-attr]
+        try:
+            if self.time_format == "%s":
+                return float(text)
+            stamp = dt.datetime.strptime(text, self.time_format or "")
+        except ValueError:
+            return None
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        return stamp.timestamp()
+
+    def _time_windows(
+        self, parsed: Sequence[ParsedLine], source: str, stage: IngestReport
+    ) -> list[LogSequence]:
+        """Windows of ``window`` seconds every ``step`` seconds (aligned to multiples of the
+        step), events in line order; a line without a readable timestamp is rejected."""
+        step = self.step or self.window
+        windows: dict[int, list[str]] = {}
+        for line in parsed:
+            t = self.timestamp(line)
+            if t is None:
+                shown = " ".join(line.fields.get(f, "?") for f in self.time_fields)
+                stage.reject(
+                    source, line.line, f"unparsable timestamp {shown!r} ({self.time_format})"
+                )
+                continue
+            stage.accept()
+            last = int(t // step)
+            first = int((t - self.window) // step) + 1
+            for k in range(first, last + 1):
+                windows.setdefault(k, []).append(line.event)
+        return [
+            LogSequence(f"{source}:t{k * step}", tuple(events))
+            for k, events in sorted(windows.items())
+        ]
 
 
 @dataclass(frozen=True)
@@ -327,6 +420,15 @@ class Ingestor:
                     f"--label-field {labels.field!r} is not a field of the log format "
                     f"{self.parser.preset.log_format!r} (its fields: {known or 'none'})"
                 )
+        if self.partitioning.mode == "time":
+            fields = self.parser.preset.header_regex.groupindex
+            missing = [f for f in self.partitioning.time_fields if f not in fields]
+            if missing:
+                raise InputError(
+                    f"time windows read the fields {', '.join(missing)}, which the log format "
+                    f"{self.parser.preset.log_format!r} lacks (give --time-fields and "
+                    "--time-format)"
+                )
         sources = list(sources)
         if not self.parser.fitted:
             self.fit([line for _, lines in sources for line in lines], deadline=deadline)
@@ -393,6 +495,8 @@ def _chunks(numbered: Sequence[tuple[int, str]]) -> Iterable[Sequence[tuple[int,
 
 __all__ = [
     "CHUNK",
+    "MODES",
+    "PRESET_TIMESTAMPS",
     "IngestTimeout",
     "Ingested",
     "Ingestor",
@@ -402,4 +506,5 @@ __all__ = [
     "SessionLabels",
     "SourceLines",
     "check_deadline",
+    "parse_duration",
 ]

@@ -72,8 +72,10 @@ def test_train_score_explain_evaluate_from_raw_logs(logs: Path, capsys) -> None:
     assert manifest["ingestion"]["partitioning"] == {
         "mode": "fixed",
         "window": 20,
-        "step": 1,
+        "step": None,
         "session_pattern": None,
+        "time_fields": [],
+        "time_format": None,
     }
     assert (bundle / "parser.json").is_file() and (bundle / "templates.csv").is_file()
     capsys.readouterr()
@@ -201,3 +203,23 @@ def test_presets_list_and_show(capsys) -> None:
     assert main(["presets", "show", "hdfs"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("name: hdfs") and "log_format:" in text and "masking:" in text
+
+
+def test_time_windows_on_the_command_line(datasets_dir: Path, tmp_path: Path, capsys) -> None:
+    """`--partition time --window 5m` reads the preset's timestamp fields; --window in lines
+    with time windows, or a duration with line windows, is a clear error."""
+    log = datasets_dir / "hdfs" / "HDFS_2k.log"
+    out = tmp_path / "t.jsonl"
+    argv = ["parse", "--preset", "hdfs", "--input", str(log), "--out", str(out)]
+    assert main([*argv, "--partition", "time", "--window", "5m", "--step", "150s"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    starts = [int(r["id"].rsplit(":t", 1)[1]) for r in records]
+    assert starts == sorted(starts) and all(s % 150 == 0 for s in starts)
+    capsys.readouterr()
+    assert main([*argv, "--partition", "fixed", "--window", "5m"]) == 2
+    assert "a number of lines" in capsys.readouterr().err
+    assert main([*argv, "--log-format", "<Content>", "--partition", "time"]) == 2
+    assert "which the log format" in capsys.readouterr().err.replace("\n", " ")
+    custom = ["parse", "--log-format", "<Content>", "--input", str(log), "--out", str(out)]
+    assert main([*custom, "--partition", "time"]) == 2
+    assert "time windows need" in capsys.readouterr().err.replace("\n", " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,34 @@ def test_partitioning_round_trips_and_refuses_bad_values() -> None:
         Partitioning("fixed", window=0)
     with pytest.raises(ValueError, match="unknown fields"):
         Partitioning.from_json({"mode": "fixed", "size": 3})
+
+
+def test_time_windows_from_the_timestamp_fields(datasets_dir: Path) -> None:
+    """HDFS lines in windows of 60 s (and of 60 s every 30 s): every line with a readable
+    timestamp is in the windows that cover its time; an unreadable one is rejected."""
+    from flexlog.ingest import PRESET_TIMESTAMPS, parse_duration
+
+    fields, fmt = PRESET_TIMESTAMPS["hdfs"]
+    lines = (datasets_dir / "hdfs" / "HDFS_2k.log").read_text().splitlines()[:300]
+    lines.append("081109 2O3615 148 INFO dfs.DataNode: the letter O in the time")
+    numbered = list(enumerate(lines, start=1))
+    tumbling = Partitioning(
+        "time", window=parse_duration("1m"), time_fields=fields, time_format=fmt
+    )
+    report = IngestReport()
+    out = Ingestor(TemplateParser("hdfs"), tumbling).ingest([("hdfs", numbered)], report)
+    assert report.read == 301 and report.rejected == 1
+    assert "unparsable timestamp" in report.rejections[0].reason
+    assert sum(len(s.events) for s in out.sequences) == report.accepted
+    starts = [int(s.id.rsplit(":t", 1)[1]) for s in out.sequences]
+    assert starts == sorted(starts) and all(b - a >= 60 for a, b in itertools.pairwise(starts))
+    for source in out.sources:  # the lines of a window are within its minute
+        stamps = {lines[n - 1].split()[1][:4] for n in source.lines}
+        assert len(stamps) == 1
+    sliding = Partitioning("time", window=60, step=30, time_fields=fields, time_format=fmt)
+    twice = Ingestor(TemplateParser("hdfs"), sliding).ingest([("hdfs", numbered)], IngestReport())
+    assert sum(len(s.events) for s in twice.sequences) == 2 * report.accepted
+    with pytest.raises(ValueError, match="time windows need"):
+        Partitioning("time", window=60)
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("soon")

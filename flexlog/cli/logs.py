@@ -16,15 +16,17 @@ from pathlib import Path
 from flexlog.cli.common import CliError
 from flexlog.data.records import IngestReport, LogSequence
 from flexlog.ingest import (
+    MODES,
+    PRESET_TIMESTAMPS,
     Ingestor,
     KeyAligner,
     LineLabels,
     Partitioning,
     SessionLabels,
     SourceLines,
+    parse_duration,
 )
 from flexlog.parsing import TemplateParser, read_log_lines
-from flexlog.parsing.partition import MODES
 from flexlog.parsing.preset_files import resolve_preset
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -64,8 +66,26 @@ def add_partition_options(p: argparse.ArgumentParser) -> None:
         help="how raw lines become sequences (default: the bundle's, else by session id)",
     )
     g.add_argument("--session-pattern", help="regex (RE2) whose first match is a line's session")
-    g.add_argument("--window", type=int, help="lines per fixed or sliding window (default 20)")
-    g.add_argument("--step", type=int, help="step of the sliding window (default 1)")
+    g.add_argument(
+        "--window",
+        help="lines per fixed or sliding window (default 20); for time windows a duration "
+        "such as 60s, 5m or 1h",
+    )
+    g.add_argument(
+        "--step",
+        help="step of the sliding window in lines (default 1), or of time windows (a "
+        "duration; default the window: back to back)",
+    )
+    g.add_argument(
+        "--time-fields",
+        help="comma-separated header fields holding the timestamp, for --partition time "
+        "(default: the preset's, e.g. Date,Time for hdfs)",
+    )
+    g.add_argument(
+        "--time-format",
+        help="strptime format of those fields joined by a space, e.g. '%%y%%m%%d %%H%%M%%S' "
+        "(%%s: seconds since the epoch)",
+    )
 
 
 def add_label_options(p: argparse.ArgumentParser) -> None:
@@ -119,18 +139,52 @@ def parser_from_args(args: argparse.Namespace, *, bundle=None) -> TemplateParser
     return TemplateParser(preset)
 
 
-def partitioning_from_args(args: argparse.Namespace, *, bundle=None) -> Partitioning:
-    """The options' partitioning, over the bundle's, over session windows."""
+def partitioning_from_args(
+    args: argparse.Namespace, *, bundle=None, preset: str | None = None
+) -> Partitioning:
+    """The options' partitioning, over the bundle's, over session windows; time windows take
+    the timestamp fields and format of the options, else the bundle's, else the preset's."""
     base = (bundle.partitioning if bundle is not None else None) or Partitioning()
+    mode = args.partition or base.mode
     try:
+        if mode == "time":
+            fields, fmt = PRESET_TIMESTAMPS.get(preset or "", ((), None))
+            window = parse_duration(args.window) if args.window is not None else None
+            step = parse_duration(args.step) if args.step is not None else None
+            if base.mode == "time":
+                fields, fmt = base.time_fields or fields, base.time_format or fmt
+                window = window or base.window
+                step = step or base.step
+            if args.time_fields:
+                fields = tuple(f.strip() for f in args.time_fields.split(",") if f.strip())
+            return Partitioning(
+                mode="time",
+                window=window or 60,
+                step=step,
+                time_fields=fields,
+                time_format=args.time_format or fmt,
+            )
+        window = _lines("--window", args.window) if args.window is not None else base.window
+        step = _lines("--step", args.step) if args.step is not None else base.step
+        if base.mode == "time":
+            window, step = (window if args.window is not None else 20), None
         return Partitioning(
-            mode=args.partition or base.mode,
-            window=args.window if args.window is not None else base.window,
-            step=args.step if args.step is not None else base.step,
+            mode=mode,
+            window=window,
+            step=step,
             session_pattern=args.session_pattern or base.session_pattern,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _lines(option: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"{option} {value!r}: a number of lines (durations are for --partition time)"
+        ) from None
 
 
 def labels_from_args(args: argparse.Namespace) -> LineLabels | SessionLabels | None:
@@ -174,7 +228,7 @@ def read_raw(
     templates for alignment) unless the options say otherwise. Every line read ends up in a
     sequence or rejected in ``report``."""
     parser = parser_from_args(args, bundle=bundle)
-    partitioning = partitioning_from_args(args, bundle=bundle)
+    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset.name)
     if partitioning.mode == "session" and not (
         partitioning.session_pattern or parser.preset.session_pattern
     ):
