@@ -181,37 +181,35 @@ class Service:
 
     def _vote_pooled(self, sequences: list[LogSequence]) -> list[Verdict]:
         """The ensemble's votes through the micro-batcher (called in a worker thread)."""
-        try:
-            future = self.batcher.submit(sequences, None)
-        except BatcherClosed as exc:
-            raise APIError(503, "The service is shutting down", code="shutting_down") from exc
+        future = self._submit(sequences, None)
         try:
             return future.result(timeout=self.settings.request_timeout)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
-            self.metrics.errors.labels("service_unavailable", "timeout").inc()
-            raise APIError(
-                503,
-                f"No answer within {self.settings.request_timeout:g} s; try again later",
-                code="timeout",
-            ) from exc
+            raise self._timed_out() from exc
 
     async def _vote(self, sequences: list[LogSequence], voter: str | None) -> list[Verdict]:
-        try:
-            future = self.batcher.submit(sequences, voter)
-        except BatcherClosed as exc:
-            raise APIError(503, "The service is shutting down", code="shutting_down") from exc
+        future = self._submit(sequences, voter)
         try:
             return await asyncio.wait_for(
                 asyncio.wrap_future(future), timeout=self.settings.request_timeout
             )
         except asyncio.TimeoutError as exc:
-            self.metrics.errors.labels("service_unavailable", "timeout").inc()
-            raise APIError(
-                503,
-                f"No answer within {self.settings.request_timeout:g} s; try again later",
-                code="timeout",
-            ) from exc
+            raise self._timed_out() from exc
+
+    def _submit(self, sequences: list[LogSequence], voter: str | None) -> concurrent.futures.Future:
+        try:
+            return self.batcher.submit(sequences, voter)
+        except BatcherClosed as exc:
+            raise APIError(503, "The service is shutting down", code="shutting_down") from exc
+
+    def _timed_out(self) -> APIError:
+        self.metrics.errors.labels("service_unavailable", "timeout").inc()
+        return APIError(
+            503,
+            f"No answer within {self.settings.request_timeout:g} s; try again later",
+            code="timeout",
+        )
 
     def explain(self, sequences: list[LogSequence], verdicts: list[Verdict]) -> list:
         """The evidence for each anomalous verdict (None for the others)."""
