@@ -33,6 +33,8 @@ _LIMITS = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` and ``serve-bench`` commands."""
+    from flexlog.cli.logs import add_parser_options
+
     s = subparsers.add_parser(
         "serve", help="serve a bundle over an OpenAI-compatible HTTP API (FastAPI + uvicorn)"
     )
@@ -80,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ask every voter about every sequence (default: only the voters whose vote can "
         "still change the label; the labels are the same)",
     )
+    add_parser_options(s)
     for name, (kind, text) in _LIMITS.items():
         s.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     s.add_argument(
@@ -116,6 +119,23 @@ def _api_keys(given: list[str], option: str, env: str, keys_file: str | None) ->
     return tuple(dict.fromkeys(keys))
 
 
+def _log_preset(args: argparse.Namespace) -> dict | None:
+    """The raw-line format the options describe (for bundles without a parser), or None."""
+    from flexlog.parsing.preset_files import resolve_preset
+
+    given = (args.preset, args.preset_file, args.log_format, args.mask, args.sim_th, args.depth)
+    if not any(given):
+        return None
+    return resolve_preset(
+        args.preset,
+        preset_file=args.preset_file,
+        log_format=args.log_format,
+        masks=args.mask,
+        sim_th=args.sim_th,
+        depth=args.depth,
+    ).to_dict()
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -147,6 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.admin_api_keys_file,
             ),
             public_metrics=args.public_metrics,
+            log_preset=_log_preset(args),
             cache=args.cache,
             model_name=args.model_name,
             llm_base_url=args.llm_base_url,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from flexlog.data.records import IngestReport, LogSequence
 from flexlog.ingest import Ingestor, IngestTimeout, KeyAligner, Partitioning, SourceLines
-from flexlog.parsing import TemplateParser, get_preset
+from flexlog.parsing import Preset, TemplateParser, get_preset
 
 #: What an event key looks like; anything else is a raw log line.
 KEY = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
@@ -104,9 +104,9 @@ class SequenceReader:
     """Builds :class:`LogSequence` objects from request content with a bundle's parser.
 
     ``parser_state`` is the bundle's saved Drain parser (None: raw lines are parsed by a fresh
-    parser per request, ``generic`` unless the request names a format); ``templates`` are the
-    bundle's template texts, used to map unseen templates onto their closest known one.
-    Thread-safe.
+    parser per request, with ``default_preset`` (``generic`` if None) unless the request names
+    a format); ``templates`` are the bundle's template texts, used to map unseen templates onto
+    their closest known one. Thread-safe.
     """
 
     def __init__(
@@ -117,8 +117,15 @@ class SequenceReader:
         max_events: int = 100_000,
         max_lines: int = 100_000,
         max_line_chars: int = 65_536,
+        default_preset: Preset | None = None,
     ):
         self._saved = TemplateParser.from_dict(parser_state) if parser_state else None
+        if self._saved is not None and default_preset is not None:
+            raise ValueError(
+                f"the bundle parses raw lines with its own {self._saved.preset.name!r} format; "
+                "a log format for the service would give other template keys"
+            )
+        self._default = self._saved.preset if self._saved is not None else default_preset
         self._lock = threading.Lock()
         self._aligner = KeyAligner(templates)
         self.max_events = max_events
@@ -127,7 +134,10 @@ class SequenceReader:
 
     @property
     def default_format(self) -> str:
-        return self._saved.preset.name if self._saved is not None else "generic"
+        return self._default.name if self._default is not None else "generic"
+
+    def _preset(self, fmt: str | None) -> Preset:
+        return get_preset(fmt) if fmt is not None else self._default or get_preset("generic")
 
     def check_format(self, fmt: str | None) -> None:
         """ContentError for an unknown log preset name."""
@@ -198,7 +208,7 @@ class SequenceReader:
         self.check_format(fmt)
         if len(lines) > self.max_lines:
             raise ContentError(f"{len(lines)} lines, over the limit {self.max_lines}")
-        preset = get_preset(fmt or self.default_format)
+        preset = self._preset(fmt)
         if mode == "session" and preset.session_pattern is None:
             raise ContentError(
                 f"log format {preset.name!r} has no session id; use partition 'fixed' or 'sliding'"
@@ -231,7 +241,7 @@ class SequenceReader:
         saved = self._saved
         if saved is not None and (fmt is None or get_preset(fmt).name == saved.preset.name):
             return Ingestor(saved, partitioning, self._aligner, lock=self._lock)
-        return Ingestor(TemplateParser(fmt or "generic"), partitioning, self._aligner)
+        return Ingestor(TemplateParser(self._preset(fmt)), partitioning, self._aligner)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from flexlog.data.records import LogSequence
 from flexlog.detector import Verdict, transient_errors
 from flexlog.ensemble import NoVotersError
 from flexlog.evidence import explain
+from flexlog.parsing import Preset
 
 from .batcher import BatcherClosed, MicroBatcher
 from .content import SequenceReader
@@ -99,6 +100,7 @@ class Service:
             max_events=settings.max_events,
             max_lines=settings.max_lines,
             max_line_chars=settings.max_line_chars,
+            default_preset=Preset.from_dict(settings.log_preset) if settings.log_preset else None,
         )
         manifest = json.dumps(bundle.manifest, sort_keys=True).encode()
         self.fingerprint = f"flexlog-{__version__}-{hashlib.sha256(manifest).hexdigest()[:12]}"

@@ -69,6 +69,11 @@ class Settings(BaseModel):
     vllm: str | None = Field(None, description="start vLLM: 'cpu', 'gpu' or a launch config")
     vllm_log: Path | None = Field(None, description="where the vLLM server's output goes")
     log_level: str = "info"
+    log_preset: dict | None = Field(
+        None,
+        description="the log format (a preset's to_dict) for raw lines, when the bundle has "
+        "no parser of its own",
+    )
 
     @field_validator("api_keys", "admin_api_keys")
     @classmethod

@@ -554,3 +554,20 @@ def test_benchmark_runs_tiny(adfa_demo: Path, test_sequences, tmp_path: Path) ->
     assert len(json.loads(path.read_text())) == 4
     with pytest.raises(ValueError, match="unknown scenarios"):
         run_bench({"llm-only": srv.url}, test_sequences)
+
+
+def test_a_log_format_for_raw_lines(adfa_demo: Path) -> None:
+    """`flexlog serve --log-format ...`: raw lines of a format no preset knows, for a bundle
+    without a parser of its own; lines that do not fit it are rejected and counted."""
+    from flexlog.parsing.preset_files import resolve_preset
+
+    preset = resolve_preset(log_format="<Date> <Level>: <Content>").to_dict()
+    settings = Settings(cache="memory", log_preset=preset)
+    lines = ["2026-12-01 INFO: worker 1 started", "no colon here", "2026-12-01 WARN: disk full"]
+    with (
+        BackgroundServer(create_app(adfa_demo / "bundle", settings)) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as http,
+    ):
+        body = http.post("/v1/detect", json={"lines": lines, "partition": "fixed"}).json()
+        assert body["counts"]["lines"] == {"read": 3, "accepted": 2, "rejected": 1}
+        assert body["results"][0]["origin"] == {"first": 1, "last": 3, "lines": [1, 3]}
