@@ -10,21 +10,9 @@ import random
 from pathlib import Path
 
 import pytest
+from applog import FMT, pick
 
 from flexlog.cli import main
-
-FMT = "<Label> <Date> <Time> <Level> <Component>: <Content>"
-NORMAL = [
-    ("INFO", "web", "GET /api/items/{n} answered 200 in {ms} ms"),
-    ("INFO", "db", "query on table orders took {ms} ms"),
-    ("INFO", "cache", "hit ratio {pct} percent for shard {n}"),
-    ("DEBUG", "web", "session {hex} renewed for user u{n}"),
-]
-FAULTS = [
-    ("ERROR", "db", "connection reset by peer after {ms} ms"),
-    ("ERROR", "disk", "write failure on /dev/sd{c} sector {n}"),
-    ("WARN", "web", "worker {n} restarted after crash"),
-]
 
 
 def _write_log(path: Path, n_windows: int, seed: int, *, upgraded: bool = False) -> list[str]:
@@ -36,19 +24,11 @@ def _write_log(path: Path, n_windows: int, seed: int, *, upgraded: bool = False)
             faulty = rng.random() < 0.2
             for i in range(20):
                 fault = faulty and 8 <= i < 11
-                level, comp, text = rng.choice(FAULTS if fault else NORMAL)
-                if upgraded and comp == "db" and not fault:
-                    text = "query on table orders completed in {ms} ms"  # reworded in v2
-                message = text.format(
-                    n=rng.randint(1, 9999),
-                    ms=rng.randint(1, 900),
-                    pct=rng.randint(50, 99),
-                    hex=f"{rng.getrandbits(32):08x}",
-                    c="abc"[rng.randint(0, 2)],
-                )
+                level, comp, text, message = pick(rng, fault, upgraded=upgraded)
                 label = "FAIL" if fault else "-"
                 fh.write(
-                    f"{label} 2026-11-{1 + w % 28:02d} 10:{w % 60:02d}:{i:02d} {level} {comp}: {message}\n"
+                    f"{label} 2026-11-{1 + w % 28:02d} 10:{w % 60:02d}:{i:02d} {level} {comp}: "
+                    f"{message}\n"
                 )
                 truth.append(f"{comp}:{text}")
     return truth

@@ -1,16 +1,26 @@
 """``flexlog score``: verdicts of a bundle on canonical sequences or raw logs, each with the
-lines it came from and, with ``--explain``, why it was flagged."""
+lines it came from and, with ``--explain``, why it was flagged.
+
+With ``--follow`` (a growing file) or ``--input -`` (standard input), raw lines are read as
+they arrive (:mod:`flexlog.stream`) and each sequence is answered soon after it closes."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.markup import escape
 from tqdm.auto import tqdm
 
 from flexlog.cli.common import (
+    CliError,
     _aligned,
     _has_slow_voters,
     _load_with_cache,
@@ -20,9 +30,12 @@ from flexlog.cli.common import (
     out,
 )
 from flexlog.cli.logs import (
+    JSONL_SUFFIXES,
     RawInput,
     add_parser_options,
     add_partition_options,
+    parser_from_args,
+    partitioning_from_args,
     read_raw,
     wants_raw,
 )
@@ -30,6 +43,8 @@ from flexlog.data.records import IngestReport, iter_jsonl
 
 #: Raw lines printed under each anomalous verdict with --explain.
 EXPLAIN_LINES = 5
+#: ``--input -``: standard input (read as a stream, as with --follow).
+STDIN = "-"
 
 
 def _write_rejections(path: Path, report: IngestReport) -> Path | None:
@@ -49,6 +64,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     bundle_path = Path(args.bundle)
     bundle = _load_with_cache(bundle_path, lambda: _open_cache(args, bundle_path))
+    if args.follow or STDIN in args.input:
+        return _cmd_follow(args, bundle)
     report = IngestReport()
     inputs = [Path(p) for p in args.input]
     raw: RawInput | None = None
@@ -139,6 +156,210 @@ def _print_explanation(seq, record: dict, ev, source, raw: RawInput | None) -> N
             out.print(f"  {why:8} event {position}: {escape(seq.events[position])}")
 
 
+# -- --follow: a growing file or standard input, answered as sequences close -------------------
+def _cmd_follow(args: argparse.Namespace, bundle) -> int:
+    """Score raw lines as they arrive: sequences close on a full window, an idle or full
+    session, or too many open sessions, and are answered in small batches as they do."""
+    from flexlog.ingest import KeyAligner
+    from flexlog.stream import SequenceStream, StreamReport, follow_file, follow_pipe
+
+    if len(args.input) != 1:
+        raise CliError("--follow (or --input -) reads one input")
+    name = args.input[0]
+    stdin = name == STDIN
+    path = Path(name)
+    if not stdin and not path.is_file():
+        raise CliError(f"{path}: no such file to follow")
+    if not wants_raw(args, path, bundle=bundle):
+        raise CliError(
+            "--follow scores raw logs, not JSONL sequences"
+            if args.format == "jsonl" or path.suffix.lower() in JSONL_SUFFIXES
+            else "--follow scores raw logs: the bundle has no parser, so give the log format "
+            "(--preset, --preset-file or --log-format)"
+        )
+    for option, seconds in (
+        ("--poll", args.poll),
+        ("--until-idle", args.until_idle),
+        ("--idle-timeout", args.idle_timeout),
+    ):
+        if seconds is not None and not seconds > 0:
+            raise CliError(f"{option} must be > 0 seconds, got {seconds}")
+    for option, count in (
+        ("--max-open", args.max_open),
+        ("--max-events", args.max_events),
+        ("--batch-size", args.batch_size),
+    ):
+        if count < 1:
+            raise CliError(f"{option} must be >= 1, got {count}")
+    parser = parser_from_args(args, bundle=bundle)
+    partitioning = partitioning_from_args(args, bundle=bundle)
+    if partitioning.mode == "session" and not (
+        partitioning.session_pattern or parser.preset.session_pattern
+    ):
+        raise CliError(
+            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
+            "sliding (with --window), or --session-pattern"
+        )
+    aligner = KeyAligner(bundle.templates)
+    source = "<stdin>" if stdin else str(path)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    rejections = _RejectionFile(out_path.with_name(out_path.name + ".rejected.jsonl"))
+    report = StreamReport(sink=rejections.write)
+    stream = SequenceStream(
+        parser,
+        partitioning,
+        aligner,
+        source=source,
+        report=report,
+        idle_timeout=args.idle_timeout,
+        max_events=args.max_events,
+        max_open=args.max_open,
+        keep_text=args.explain,
+    )
+    stop = threading.Event()
+    with (
+        _stop_on_signals(stop),
+        rejections,
+        out_path.open("w", encoding="utf-8") as fh,
+    ):
+        scorer = _Scorer(bundle, fh, args)
+        if stdin:
+            chunks = follow_pipe(
+                sys.stdin.buffer, report, poll=args.poll, until_idle=args.until_idle, stop=stop
+            )
+        else:
+            chunks = follow_file(
+                path, report, poll=args.poll, until_idle=args.until_idle, stop=stop
+            )
+        waiting: list = []
+        since = 0.0
+        for lines in chunks:
+            now = time.monotonic()
+            closed = stream.feed(lines, now) if lines else stream.expire(now)
+            if closed and not waiting:
+                since = now
+            waiting += closed
+            # answer what closed without waiting long: when a batch is full, when the input
+            # pauses, or when the oldest closed sequence has waited a poll interval
+            if waiting and (
+                not lines or len(waiting) >= args.batch_size or now - since >= args.poll
+            ):
+                scorer.score(waiting)
+                waiting = []
+        scorer.score(waiting + stream.close())
+    remapped = len(aligner.mapping(parser.templates()))
+    if remapped:
+        err.print(f"{remapped} unseen templates mapped to their closest known template")
+    if args.explain and scorer.anomalous > scorer.explained:
+        out.print(
+            f"... and {scorer.anomalous - scorer.explained} more anomalous sequences in {out_path}"
+        )
+    reasons = ", ".join(f"{n} {why}" for why, n in stream.closed.items() if n)
+    err.print(
+        f"[bold]scored:[/] {scorer.answered} sequences answered ({scorer.anomalous} anomalous) "
+        f"→ {escape(str(out_path))}; log lines: {report.read} read = {report.accepted} "
+        f"accepted + {report.rejected} rejected"
+    )
+    err.print(f"sequences closed: {reasons or 'none'}")
+    if report.rejected:
+        _print_report(report)
+        err.print(f"rejections written to {rejections.path}")
+    stats = bundle.detector.stats
+    share = ", ".join(f"{n} {100 * v:.0f} %" for n, v in bundle.detector.asked_share().items())
+    err.print(
+        f"cache hits {stats.cache_hits}, voted {stats.voted} distinct sequences"
+        + (f"; asked per voter: {share}" if share else "")
+    )
+    if bundle.detector.cache is not None:
+        bundle.detector.cache.close()
+    return 0
+
+
+class _Scorer:
+    """Answers closed sequences in batches, one JSON line each (the batch path's records)."""
+
+    def __init__(self, bundle, fh, args: argparse.Namespace):
+        self.detector, self.profile = bundle.detector, bundle.event_profile
+        self.fh, self.args = fh, args
+        self.answered = self.anomalous = self.explained = 0
+
+    def score(self, closed: list) -> None:
+        from flexlog.evidence import explain
+
+        args = self.args
+        for start in range(0, len(closed), args.batch_size):
+            part = closed[start : start + args.batch_size]
+            batch = [c.sequence for c in part]
+            verdicts = self.detector.predict(batch)
+            evidence = explain(self.detector, batch, verdicts, profile=self.profile)
+            for c, verdict, ev in zip(part, verdicts, evidence, strict=True):
+                record = verdict.to_json()
+                record["origin"] = c.source.to_json()
+                if ev is not None:
+                    record["evidence"] = ev.to_json(c.sequence.events, c.source)
+                self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+                self.anomalous += verdict.label
+                if args.explain and ev is not None and self.explained < args.explain_limit:
+                    _print_explanation(c.sequence, record, ev, c.source, _ClosedText(c))
+                    self.explained += 1
+            self.answered += len(part)
+            self.fh.flush()
+
+
+class _ClosedText:
+    """The raw lines of one closed sequence, as :class:`RawInput` gives them."""
+
+    def __init__(self, closed):
+        self.closed = closed
+
+    def line(self, source: str, number: int) -> str:
+        return self.closed.line(number)
+
+
+class _RejectionFile:
+    """OUT.rejected.jsonl, written as rejections come (opened at the first; a stale one from
+    an earlier run is removed)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+
+    def __enter__(self) -> _RejectionFile:
+        self.path.unlink(missing_ok=True)
+        return self
+
+    def write(self, rejection) -> None:
+        if self._fh is None:
+            self._fh = self.path.open("w", encoding="utf-8")
+        self._fh.write(json.dumps(rejection.to_json()) + "\n")
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (what is open is then flushed and answered); a second
+    SIGINT interrupts at once."""
+
+    def handler(signum, frame) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``score`` command."""
     s = subparsers.add_parser("score", help="score sequences or raw logs with a bundle")
@@ -164,4 +385,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--cache", help="cache database (default: BUNDLE/cache.sqlite)")
     s.add_argument("--no-cache", action="store_true", help="answer every sequence with the voters")
     s.add_argument("--batch-size", type=int, default=4096)
+    f = s.add_argument_group("streaming (--follow, or --input -)")
+    f.add_argument(
+        "--follow",
+        action="store_true",
+        help="tail the --input file as it grows (--input - reads standard input to its end), "
+        "answering each sequence as it closes",
+    )
+    f.add_argument(
+        "--poll", type=float, default=0.5, help="seconds between looks for new data (default 0.5)"
+    )
+    f.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after SECONDS without new data (default: a file is followed until SIGINT "
+        "or SIGTERM, standard input to its end); what is open is then answered",
+    )
+    f.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds without a line after which a session closes (default 60)",
+    )
+    f.add_argument(
+        "--max-open",
+        type=int,
+        default=10_000,
+        help="sessions open at most; the least recently active closes first (default 10000)",
+    )
+    f.add_argument(
+        "--max-events",
+        type=int,
+        default=10_000,
+        help="events at most in a session; a full one closes and a new one starts (default 10000)",
+    )
     s.set_defaults(func=cmd_score)
