@@ -10,6 +10,10 @@ Four paths are timed on the same batch:
 * ``cache warm``: the same batch again, answered from the cache.
 
 Results go to ``OUT/bench.json``, ``OUT/bench.md`` and ``OUT/bench.png``.
+
+:func:`bench_parse` (``flexlog bench --parse``) measures the step before: raw HDFS log lines
+through the parser (fit, then parse, as ``flexlog parse`` does), lines per second and peak
+memory from 100k to 10M generated lines; its results go to ``OUT/parse_bench.*``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import platform
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -227,6 +233,155 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_title("flexlog ML path throughput")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- parser throughput (flexlog bench --parse) -------------------------------------------------
+
+#: Line counts ``bench_parse`` measures unless told otherwise; add 10_000_000 for the full
+#: range (minutes: about 1.4 GB of generated log is written, fitted and parsed).
+PARSE_SIZES = (100_000, 1_000_000)
+
+
+def bench_parse(
+    preset: str = "hdfs",
+    sizes: Sequence[int] = PARSE_SIZES,
+    *,
+    out_dir: Path | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> list[dict]:
+    """Throughput and memory of raw-log parsing, as ``flexlog parse --preset PRESET`` runs it.
+
+    For each size, ``n`` realistic HDFS lines (:func:`flexlog.parsing.throughput.hdfs_lines`:
+    the HDFS templates with varying block ids, addresses, sizes...) are written to a temporary
+    file, then a fresh process (``python -m flexlog.parsing.throughput``) fits the preset's
+    parser on the file and parses it, streaming (lines are not held in memory). One row per
+    size, with ``lines``, ``seconds`` (``fit_s`` + ``parse_s``, wall clock), ``lines_per_s``,
+    ``cpu_s`` and ``lines_per_cpu_s`` (CPU time: one core's throughput even on a busy
+    machine), ``peak_rss_mib`` (the measuring process's peak resident memory) and
+    ``parser_mib`` (what fitting and parsing added to it), ``templates``, ``with_session``,
+    ``rejected``, ``file_mib`` and ``generate_s`` (writing the file, not timed). Prints a
+    table; with ``out_dir``, also writes ``parse_bench.json``, ``.md`` and ``.png`` there.
+    """
+    if not sizes or any(int(n) < 1 for n in sizes):
+        raise ValueError(f"sizes must be positive integers, got {list(sizes)}")
+    from flexlog.parsing import get_preset
+    from flexlog.parsing.throughput import write_hdfs_log
+
+    preset = get_preset(preset).name  # a ValueError names the known presets
+    console = console or Console()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="flexlog-parse-bench-") as tmp:
+        for n in sizes:
+            n = int(n)
+            log = Path(tmp) / f"hdfs-{n}.log"
+            if progress:
+                console.print(f"writing {n:,} generated HDFS lines")
+            start = time.perf_counter()
+            write_hdfs_log(log, n, seed)
+            generated = time.perf_counter() - start
+            command = [sys.executable, "-m", "flexlog.parsing.throughput", preset, str(log)]
+            run = subprocess.run(
+                command + (["--progress"] if progress else []),
+                stdout=subprocess.PIPE,
+                stderr=None if progress else subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+            log.unlink()
+            if run.returncode != 0:
+                raise RuntimeError(
+                    f"parser benchmark on {n:,} lines failed (exit {run.returncode}): "
+                    f"{(run.stderr or '').strip()[-2000:]}"
+                )
+            row = json.loads(run.stdout.strip().splitlines()[-1])
+            row["generate_s"] = generated
+            rows.append(row)
+    report = {
+        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+        "preset": preset,
+        "seed": seed,
+        "rows": rows,
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "parse_bench.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out_dir / "parse_bench.md").write_text(_parse_markdown(report))
+        _parse_plot(report, out_dir / "parse_bench.png")
+    console.print(_parse_table(report))
+    if out_dir is not None:
+        console.print(f"report written to {out_dir}/parse_bench.md, parse_bench.json, .png")
+    return rows
+
+
+_PARSE_COLUMNS = (
+    ("lines", "lines", "{:,}"),
+    ("seconds", "seconds", "{:,.1f}"),
+    ("lines/s", "lines_per_s", "{:,.0f}"),
+    ("lines/CPU s", "lines_per_cpu_s", "{:,.0f}"),
+    ("peak MiB", "peak_rss_mib", "{:,.0f}"),
+    ("parser MiB", "parser_mib", "{:,.0f}"),
+    ("templates", "templates", "{:,}"),
+)
+
+
+def _parse_table(report: dict) -> Table:
+    table = Table(title=f"Raw-log parsing, preset {report['preset']} (fit + parse)")
+    for title, _, _ in _PARSE_COLUMNS:
+        table.add_column(title, justify="right")
+    for r in report["rows"]:
+        table.add_row(*(fmt.format(r[key]) for _, key, fmt in _PARSE_COLUMNS))
+    return table
+
+
+def _parse_markdown(report: dict) -> str:
+    lines = [
+        f"# flexlog bench --parse: raw-log parsing, preset {report['preset']}",
+        "",
+        "Generated HDFS lines (HDFS templates, varying block ids, addresses and sizes), fitted",
+        "then parsed, streaming, in a process of their own. lines/s: both passes, wall clock;",
+        "lines/CPU s: the same over CPU time (one core). peak MiB: that process's peak resident",
+        "memory; parser MiB: what fitting and parsing added to it.",
+        "",
+        "| " + " | ".join(title for title, _, _ in _PARSE_COLUMNS) + " |",
+        "|" + "---:|" * len(_PARSE_COLUMNS),
+    ]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join(fmt.format(r[key]) for _, key, fmt in _PARSE_COLUMNS) + " |")
+    m = report["machine"]
+    lines += ["", f"Python {m['python']} on {m['processor']}, seed {report['seed']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _parse_plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    sizes = [r["lines"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, [r["lines_per_s"] for r in rows], marker="o", label="lines/s (wall)")
+    ax.plot(sizes, [r["lines_per_cpu_s"] for r in rows], marker="o", label="lines/s (CPU)")
+    ax.set_xscale("log")
+    ax.set_xlabel("lines in the log")
+    ax.set_ylabel("lines per second (fit + parse)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"flexlog raw-log parsing, preset {report['preset']}")
+    ax.grid(alpha=0.3, which="both")
+    mem = ax.twinx()
+    mem.plot(sizes, [r["peak_rss_mib"] for r in rows], marker="s", color="gray", label="peak MiB")
+    mem.set_ylabel("peak resident memory (MiB)")
+    mem.set_ylim(bottom=0)
+    handles, labels = ax.get_legend_handles_labels()
+    more, more_labels = mem.get_legend_handles_labels()
+    ax.legend(handles + more, labels + more_labels, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""``flexlog bench``: throughput of the ML path and the cache, or of the LLM voter's backends."""
+"""``flexlog bench``: throughput of the ML path and the cache, of the LLM voter's backends,
+or of the log parser."""
 
 from __future__ import annotations
 
@@ -9,12 +10,37 @@ from flexlog.cli.common import DATASETS, CliError, out
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.llm and args.parse:
+        raise CliError("give --llm or --parse, not both")
     if args.llm:
         return _bench_llm(args)
+    if args.parse:
+        return _bench_parse(args)
     from flexlog.bench import run_bench
 
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sizes = _sizes(args.sizes or "10000,100000,1000000")
     run_bench(sizes, out_dir=Path(args.out), datasets=Path(args.datasets), console=out)
+    return 0
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CliError(f"--sizes {text!r}: expected comma-separated integers") from None
+    if not sizes or min(sizes) < 1:
+        raise CliError(f"--sizes {text!r}: expected positive integers")
+    return sizes
+
+
+def _bench_parse(args: argparse.Namespace) -> int:
+    from flexlog.bench import PARSE_SIZES, bench_parse
+
+    sizes = _sizes(args.sizes) if args.sizes else list(PARSE_SIZES)
+    try:
+        bench_parse(args.parse, sizes, out_dir=Path(args.out), console=out)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     return 0
 
 
@@ -46,9 +72,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bn = subparsers.add_parser(
         "bench", help="throughput of the ML path and the cache, or of the LLM"
     )
-    bn.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated batch sizes")
+    bn.add_argument(
+        "--sizes",
+        help="comma-separated batch sizes (default 10000,100000,1000000), or with --parse "
+        "line counts (default 100000,1000000; add 10000000 for the full range: minutes)",
+    )
     bn.add_argument("--datasets", default=str(DATASETS))
     bn.add_argument("--out", default="runs/bench")
+    bn.add_argument(
+        "--parse",
+        nargs="?",
+        const="hdfs",
+        metavar="PRESET",
+        help="parser throughput instead: generated lines of PRESET (default hdfs), fit and "
+        "parse, lines/s and peak memory per size",
+    )
     llm = bn.add_argument_group("LLM voter throughput (instead of the ML path)")
     llm.add_argument(
         "--llm",

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import itemgetter
 
 from flexlog.parsing import legacy
 from flexlog.parsing.regex import (
+    _ANCHOR_START,
+    _RAW_MATCH,
+    _UNANCHORED,
     DIGIT,
     SPACE,
     WORD,
     LinearMask,
     PatternError,
+    _analyse,
+    _parsed,
+    _takes_all_digits_or_none,
+    ascii_matcher,
     compile_linear,
     is_sequence,
     reject_backtracking,
@@ -241,6 +249,227 @@ class Preset:
         return compile_linear("^" + prefix, what=f"log format {self.log_format!r} as a regex:")
 
     @cached_property
+    def _ascii_header(self):
+        """How :meth:`_split_line` splits an ASCII line: ``(match, field groups)`` of the format
+        up to a final ``<Content>`` (see :attr:`_header_prefix`), or None without one."""
+        prefix = self._header_prefix
+        if prefix is None or not _RAW_MATCH:
+            return None
+        return ascii_matcher(prefix), self._header_groups[:-1]
+
+    @cached_property
+    def _plain_format(self) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None:
+        """The format as text, when it is plain enough to split without a regex: ``(texts,
+        names)``, where ``texts[i]`` is the text before field ``names[i]`` as a sequence of
+        literal strings (no whitespace in them) and ``" "`` (one or more whitespace
+        characters), and the last field is ``Content``. None for any other format: one with
+        a regex construct between its fields (``(...)?``, ``.``, ``[...]``...), a literal
+        whitespace character other than a space, two fields with nothing between them, or
+        text after ``<Content>``."""
+        parts = _FIELD.split(self.log_format)
+        texts, names = parts[0::2], parts[1::2]
+        if not names or names[-1] != "Content" or texts[-1] != "" or "" in texts[1:-1]:
+            return None  # no final Content, or two fields with nothing between them
+        plain = []
+        for text in texts[:-1]:
+            items: list[str] = []
+            i = 0
+            while i < len(text):
+                c = text[i]
+                if c == " ":
+                    if not items or items[-1] != " ":
+                        items.append(" ")
+                    i += 1
+                    continue
+                if c == "\\":
+                    c = text[i + 1 : i + 2]
+                    if not c or not c.isascii() or c.isalnum() or c.isspace():
+                        return None  # an escape that is not a punctuation character
+                    i += 2
+                elif not c.isascii() or c.isspace() or c in _REGEX_SYNTAX:
+                    return None
+                else:
+                    i += 1
+                if items and items[-1] != " ":
+                    items[-1] += c
+                else:
+                    items.append(c)
+            plain.append(tuple(items))
+        return tuple(plain), tuple(names)
+
+    @cached_property
+    def _plain_plan(self):
+        """:attr:`_plain_format` as :meth:`_cut_plain` runs it: ``(lead, words, rest)``: the
+        text before the first field, the first fields each followed by just a run of
+        whitespace (``str.split`` finds them), and the text after each field after those but
+        Content."""
+        plain = self._plain_format
+        if plain is None:
+            return None
+        texts, names = plain
+        k = 0
+        while k < len(names) - 1 and texts[k + 1] == (" ",):
+            k += 1
+        texts = tuple(tuple(item.encode("ascii") for item in text) for text in texts)
+        return texts[0], names[:k], texts[k + 1 :]
+
+    def _cut_plain(self, line: str) -> tuple[tuple[tuple[int, int], ...], int] | None:
+        """Where the fields of an ASCII ``line`` (no newline but a final one) are by a plain
+        format, as the format's regex would find them: ``(spans, content start)``, a span per
+        field but Content; or None when that takes more than this does.
+
+        The regex's fields are lazy (``.*?``), its runs of whitespace greedy, and its texts
+        between fields are literals (no whitespace in them) and runs. So the regex, trying its
+        choices in order, ends each field where the text after it first matches, with each
+        run as long as it goes: any shorter field leaves a text that cannot match there (a
+        run needs a whitespace character, a literal itself), and a shorter run before a
+        literal leaves whitespace where the literal must be. This takes those same choices
+        one after the other; the regex would then back out of a choice only if a later text
+        did not match, and where that happens (a line the format does not fit, or an odd
+        one) this gives up and the regex decides.
+        """
+        lead, words, rest = self._plain_plan
+        n = len(line)
+        pos = 0
+        norm = line.encode("ascii").translate(_ASCII_SPACE)  # whitespace as b" "
+        if lead:
+            pos = _match_text(norm, 0, lead, n)
+            if pos < 0:
+                return None
+        spans = []
+        if words:
+            # Fields separated by runs of whitespace: the words of the line, as long as it
+            # does not start with whitespace (the first field would be empty).
+            k = len(words)
+            if pos >= n or norm[pos] == 32:
+                return None
+            parts = line[pos:].split(None, k)
+            if len(parts) <= k:
+                return None
+            for word in parts[:k]:
+                while norm[pos] == 32:  # the run before the word
+                    pos += 1
+                spans.append((pos, pos + len(word)))
+                pos += len(word)
+            pos = n - len(parts[k])
+        for text in rest:
+            first = text[0]
+            end = -1
+            start = norm.find(first, pos)
+            while start >= 0:
+                end = _match_text(norm, start, text, n)
+                if end >= 0:
+                    break
+                if first == b" ":  # the same run would fail again: skip past it
+                    while start < n and norm[start] == 32:
+                        start += 1
+                    start = norm.find(b" ", start)
+                else:
+                    start = norm.find(first, start + 1)
+            if end < 0:
+                return None
+            spans.append((pos, start))
+            pos = end
+        return tuple(spans), pos
+
+    def _cut(self, line: str, data: bytes) -> tuple[tuple[tuple[int, int], ...], int] | None:
+        """:meth:`_cut_plain`, or the format's Latin-1 program where that gives up: the spans
+        of the fields but Content and where Content starts, or None (the line does not fit)."""
+        if self._plain_plan is not None:
+            cut = self._cut_plain(line)
+            if cut is not None:
+                return cut
+        match, groups = self._ascii_header
+        spans = match(_ANCHOR_START, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        return tuple(spans[i] for _, i in groups), spans[0][1]
+
+    @cached_property
+    def _field_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._header_groups[:-1])
+
+    @staticmethod
+    def _slicer(cut, end: int):
+        """A function of a line to a tuple of its fields and Content, cut where ``cut`` (from
+        :meth:`_cut`) says, Content ending at ``end``; None for None."""
+        if cut is None:
+            return None
+        spans, start = cut
+        slices = [slice(s, e) if s >= 0 else slice(0, 0) for s, e in spans]
+        if not slices:
+            content = slice(start, end)
+            return lambda line: (line[content],)
+        return itemgetter(*slices, slice(start, end))
+
+    @cached_property
+    def _shapes(self) -> dict[bytes, object] | None:
+        """Where the fields of ASCII lines are, by the lines' shapes (digits made ``0``): the
+        format finds them where it finds them in any line of the same shape when none of its
+        atoms tells one digit from another (see ``MaskChain``); None when one does."""
+        prefix = self._header_prefix
+        if prefix is None:
+            return None
+        if not all(_takes_all_digits_or_none(atom) for atom in _parsed(prefix.pattern).atoms):
+            return None
+        return {}
+
+    def _split_line(self, line: str) -> tuple[dict[str, str], str] | None:
+        """:meth:`split` as ``(header fields, Content)``: the same fields, in the same order,
+        without the ``Content`` key. ASCII lines whose only newline (if any) ends them, the
+        usual case, are cut as text, without decoding: by a plain format without a regex (see
+        :meth:`_cut_plain`), else by the format's Latin-1 program; and a line of a shape (its
+        digits made ``0``) cut before is cut where that was."""
+        header = self._ascii_header
+        if header is not None and line.isascii():
+            newline = line.find("\n")
+            n = len(line)
+            if newline < 0 or newline == n - 1:
+                data = line.encode("ascii")
+                shapes = self._shapes
+                end = n - (newline >= 0)  # a final newline is not Content's
+                if shapes is None or n > _SHAPE_CHARS:
+                    cut = self._slicer(self._cut(line, data), end)
+                else:
+                    shape = data.translate(_DIGITS_AS_0)
+                    cut = shapes.get(shape, _UNSEEN)
+                    if cut is _UNSEEN:
+                        cut = self._slicer(self._cut(line, data), end)
+                        if len(shapes) >= _SHAPES:
+                            shapes.clear()
+                        shapes[shape] = cut
+                if cut is None:
+                    return None
+                values = cut(line)  # the fields, then Content
+                return dict(zip(self._field_names, values, strict=False)), values[-1]
+        parts = self.split(line)
+        if parts is None:
+            return None
+        content = parts.pop("Content")
+        return parts, content
+
+    @cached_property
+    def _session_search(self):
+        """For :meth:`session_of`: ``(required literal, group, ASCII match, UTF-8 match,
+        shapes)``, where ``shapes`` (None when the pattern tells digits apart) remembers the
+        id's span by the shape of the content (its digits made ``0``), as ``_shapes`` does
+        the fields'."""
+        regex = self.session_regex
+        if regex is None or not _RAW_MATCH:
+            return None
+        parsed = _parsed(regex.pattern)
+        blind = all(_takes_all_digits_or_none(atom) for atom in parsed.atoms)
+        _, width = _analyse(self.session_pattern, "session pattern")
+        group = 1 if regex.groups else 0
+        return (
+            width.required,
+            group,
+            ascii_matcher(regex),
+            regex._regexp.Match,
+            {} if blind else None,
+        )
+
+    @cached_property
     def session_regex(self):
         """The compiled ``session_pattern`` (RE2), or None."""
         if self.session_pattern is None:
@@ -281,6 +510,34 @@ class Preset:
         regex = self.session_regex
         if regex is None:
             return None
+        fast = self._session_search
+        if fast is not None:
+            required, group, ascii_match, match, shapes = fast
+            if required and required not in content:
+                return None  # every match contains it
+            if content.isascii():
+                data = content.encode("ascii")
+                if shapes is not None and len(data) <= _SHAPE_CHARS:
+                    shape = data.translate(_DIGITS_AS_0)
+                    span = shapes.get(shape)
+                    if span is None:
+                        spans = ascii_match(_UNANCHORED, data, 0, len(data))
+                        span = spans[group] if spans[0][0] >= 0 else (-1, -1)
+                        if len(shapes) >= _SHAPES:
+                            shapes.clear()
+                        shapes[shape] = span
+                else:
+                    spans = ascii_match(_UNANCHORED, data, 0, len(data))
+                    span = spans[group] if spans[0][0] >= 0 else (-1, -1)
+                start, end = span
+                return content[start:end] if start >= 0 else None
+            try:
+                data = content.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
+            spans = match(_UNANCHORED, data, 0, len(data))
+            start, end = spans[group] if spans[0][0] >= 0 else (-1, -1)
+            return data[start:end].decode("utf-8") if start >= 0 else None
         try:
             m = regex.search(content)
         except UnicodeEncodeError:
@@ -323,6 +580,36 @@ class Preset:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid preset record: {exc!r}") from exc
+
+
+#: At most this many line shapes per preset are remembered (see Preset._shapes), each of
+#: at most _SHAPE_CHARS characters.
+_SHAPES = 20_000
+_SHAPE_CHARS = 1024
+_DIGITS_AS_0 = bytes(48 if 48 <= c <= 57 else c for c in range(256))
+_UNSEEN = object()
+#: Characters with a meaning in a regex (outside a class), for :attr:`Preset._plain_format`.
+_REGEX_SYNTAX = frozenset("\\.^$|?*+()[]{}")
+#: ASCII whitespace (``str.isspace``, the ASCII part of ``SPACE``) to b" ", the rest as is.
+_ASCII_SPACE = bytes(32 if chr(c).isspace() and c < 128 else c for c in range(256))
+
+
+def _match_text(norm: bytes, pos: int, text: tuple[bytes, ...], n: int) -> int:
+    """Where a format's ``text`` (see :attr:`Preset._plain_plan`) ends when matched at
+    ``pos`` of ``norm`` (a line with its whitespace as b" ") with each run of whitespace as
+    long as it goes, or -1."""
+    for item in text:
+        if item == b" ":
+            if pos >= n or norm[pos] != 32:
+                return -1
+            pos += 1
+            while pos < n and norm[pos] == 32:
+                pos += 1
+        elif norm.startswith(item, pos):
+            pos += len(item)
+        else:
+            return -1
+    return pos
 
 
 def _fields(data: bytes, spans, groups: tuple[tuple[str, int], ...]) -> dict[str, str]:

@@ -21,6 +21,7 @@ Patterns are RE2 syntax (https://github.com/google/re2/wiki/Syntax). Differences
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import re2
@@ -185,6 +186,9 @@ class _Parser:
         self.what = what
         self.out: list[str] = []
         self.case_insensitive = False
+        #: Every atom that matches one character, as ``("lit", c)`` for the literal ``c`` or
+        #: ``("re", text)`` for a class, an escape such as ``\\p{Nd}``, or ``.`` (RE2 syntax).
+        self.atoms: list[tuple[str, str]] = []
 
     def fail(self, construct: str) -> PatternError:
         hint = ""
@@ -264,15 +268,23 @@ class _Parser:
         c = self.peek()
         if c == "(":
             return self.group()
+        start = len(self.out)
         if c == "[":
             self.char_class()
+            self.atoms.append(("re", "".join(self.out[start:])))
             return _any_char()
         if c == "\\":
-            return self.escape(in_class=False)
+            width = self.escape(in_class=False)
+            if width.exact is not None:  # escaped punctuation, or \Q...\E
+                self.atoms.extend(("lit", ch) for ch in width.exact)
+            elif width.hi > 0:  # \d, \p{L}, \x{41}...
+                self.atoms.append(("re", "".join(self.out[start:])))
+            return width
         if c in "^$":
             self.take()
             return _Width()
         self.take()
+        self.atoms.append(("re", c) if c == "." else ("lit", c))
         return _any_char() if c == "." else _literal(c)
 
     def group(self) -> _Width:
@@ -417,6 +429,8 @@ class LinearMask:
             self.lookback = 0
         if _RAW_MATCH:
             self._search = _raw_search(self.regex)
+        self._required_bytes = self.required.encode("utf-8", "surrogatepass")
+        self._ascii_match = None  # built on first use: see sub_ascii
 
     def __repr__(self) -> str:
         return f"LinearMask({self.pattern!r})"
@@ -478,6 +492,70 @@ class LinearMask:
         out.append(data[last:])
         return b"".join(out).decode("utf-8", "surrogatepass")
 
+    def sub_ascii(
+        self, replacement: bytes, data: bytes, replaced: list[tuple[int, int]] | None = None
+    ) -> bytes:
+        """:meth:`sub` for an ASCII text and replacement, as bytes: the same result, faster.
+
+        ``data`` must be ASCII (``text.isascii()``); it is returned itself when nothing is
+        replaced. The pattern runs as its Latin-1 version (see :func:`ascii_matcher`), which
+        on ASCII text matches exactly as the pattern does, with a smaller program, and the
+        rest of a text that lacks the pattern's required literal is not searched. The spans
+        replaced are added to ``replaced`` when given.
+        """
+        required = self._required_bytes
+        if required and required not in data:
+            return data
+        match = self._ascii_match
+        if match is None:
+            match = self._ascii_match = ascii_matcher(self.regex)
+        n = len(data)
+        spans = match(_UNANCHORED, data, 0, n)
+        if spans[0][0] < 0:
+            return data
+        groups = self._groups
+        group = groups[0] if len(groups) == 1 else -1
+        lookback = self.lookback
+        out: list[bytes] = []
+        last = 0  # as in sub, where on ASCII text a character is a byte
+        pos = 0
+        empty_at = -1
+        while True:
+            start, end = spans[0]
+            if group > 0:
+                s, e = spans[group]
+            elif groups:
+                s, e = self._mask_span(spans)
+            else:
+                s, e = start, end
+            if s < 0:
+                nxt = end if end > start else start + 1
+            elif s < pos or (s == e == empty_at):
+                nxt = start + 1
+            else:
+                out.append(data[last:s])
+                out.append(replacement)
+                if replaced is not None:
+                    replaced.append((s, e))
+                last = pos = e
+                empty_at = e if s == e else -1
+                nxt = e - lookback if e > lookback else 0
+            if nxt > n or (required and data.find(required, nxt) < 0):
+                break  # a match from nxt on lies in data[nxt:], which lacks the literal
+            if nxt > 0:
+                spans = match(_UNANCHORED, data, nxt, n)
+                if spans[0][0] < 0:
+                    break
+            else:
+                spans = match(_UNANCHORED, b" " + data, 1, n + 1)
+                if spans[0][0] < 0:
+                    break
+                spans = [(a - 1, b - 1) if a >= 0 else (a, b) for a, b in spans]
+        if not out:
+            return data
+        out.append(data[last:])
+        return b"".join(out)
+
     def _search(self, data: bytes, pos: int, end: int) -> list[tuple[int, int]] | None:
         return search_spans(self.regex, data, pos, end)  # replaced in __init__ when possible
 
@@ -497,6 +575,223 @@ class LinearMask:
                 i -= 1
             k -= 1
         return i
+
+
+class MaskChain:
+    """Masks applied in order, each to what the ones before it left: ``[(mask, replacement),
+    ...]``, as Drain3's ``LogMasker`` applies them (``mask.sub(replacement, text)`` in turn).
+
+    ASCII texts (nearly every log line) take a faster path with the same result: the text
+    stays bytes from the first mask to the last, and each mask runs as
+    :meth:`LinearMask.sub_ascii`. And most of them skip the masks altogether: log lines of one
+    kind differ mostly in their digits (ids, addresses, sizes, times), and where the masks
+    cannot tell one digit from another, two texts that differ only in their digits are masked
+    alike (see :meth:`_digit_blind`). So the chain remembers, for a text with its digits made
+    one digit, what masking it left: the masked text, with the digits that stayed in it taken
+    from the text at hand. Thousands of such shapes cover millions of HDFS lines.
+    """
+
+    #: At most this many text shapes are remembered (then forgotten all at once), each of at
+    #: most SHAPE_CHARS characters (longer texts are masked each time).
+    CACHE_SIZE = 20_000
+    SHAPE_CHARS = 1024
+
+    def __init__(self, masks: Iterable[tuple[LinearMask, str]]):
+        self.masks = tuple(masks)
+        self._fast = _RAW_MATCH and all(rep.isascii() for _, rep in self.masks)
+        self._steps: tuple[tuple[object, bytes], ...] | None = None  # built on first use
+        self._blind: tuple[bytes, tuple[bytes, ...]] | None = None
+        self._shapes: dict[bytes, tuple[str, tuple[tuple[int, int, int], ...]]] = {}
+
+    def __call__(self, text: str) -> str:
+        if not (self._fast and text.isascii()):
+            for mask, rep in self.masks:
+                text = mask.sub(rep, text)
+            return text
+        if self._steps is None:
+            self._steps = tuple((mask.sub_ascii, rep.encode("ascii")) for mask, rep in self.masks)
+            self._blind = self._digit_blind()
+        data = text.encode("ascii")
+        blind = self._blind
+        if blind is None:
+            return self._mask_ascii(text, data)
+        if len(data) > self.SHAPE_CHARS:
+            return self._mask_ascii(text, data)
+        table, tells = blind
+        for literal in tells:
+            if literal in data:
+                return self._mask_ascii(text, data)
+        shape = data.translate(table)
+        known = self._shapes.get(shape)
+        if known is None:
+            known = self._learn(data)
+            if len(self._shapes) >= self.CACHE_SIZE:
+                self._shapes.clear()
+            self._shapes[shape] = known
+        masked, kept = known
+        if not kept:
+            return masked
+        parts = []
+        last = 0
+        for start, end, source in kept:
+            parts.append(masked[last:start])
+            parts.append(text[source : source + end - start])
+            last = end
+        parts.append(masked[last:])
+        return "".join(parts)
+
+    def _mask_ascii(self, text: str, data: bytes) -> str:
+        original = data
+        for sub, rep in self._steps:
+            data = sub(rep, data)
+        return text if data is original else data.decode("ascii")
+
+    def _learn(self, data: bytes) -> tuple[str, tuple[tuple[int, int, int], ...]]:
+        """Mask ``data``, keeping track of where each character came from: ``(masked text,
+        kept)``, where ``kept`` has ``(start, end, source)`` for each run of digits in the
+        masked text, which came from ``data[source : source + end - start]``."""
+        origin = list(range(len(data)))  # where each character of data came from; -1: a mask
+        for sub, rep in self._steps:
+            replaced: list[tuple[int, int]] = []
+            changed = sub(rep, data, replaced)
+            if replaced:
+                moved = []
+                last = 0
+                for s, e in replaced:
+                    moved += origin[last:s]
+                    moved += [-1] * len(rep)
+                    last = e
+                moved += origin[last:]
+                origin = moved
+            data = changed
+        masked = data.decode("ascii")
+        kept = []
+        i, n = 0, len(data)
+        while i < n:
+            if 48 <= data[i] <= 57:  # a digit, which came from the text (masks put none)
+                j = i + 1
+                while j < n and 48 <= data[j] <= 57 and origin[j] == origin[j - 1] + 1:
+                    j += 1
+                kept.append((i, j, origin[i]))
+                i = j
+            else:
+                i += 1
+        return masked, tuple(kept)
+
+    def _digit_blind(self) -> tuple[bytes, tuple[bytes, ...]] | None:
+        """When the masks mask texts that differ only in their digits alike: ``(table,
+        tells)``, where ``data.translate(table)`` is the shape of ``data`` (each digit made
+        ``0``) and ``tells`` are literals that a text must not contain for this to hold; None
+        if it does not hold at all.
+
+        Take two texts of one shape. A mask whose atoms (literals, classes, ``.``...) each
+        take all ten digits or none cannot tell one digit from another: it matches both at
+        the same places and replaces the same spans, and what it leaves of both is again of
+        one shape. A mask with an atom that tells digits apart (the ``0`` of ``0x``) is
+        allowed if its required literal ``R`` has a digit: it is a tell, and in texts without
+        it the mask has no match, nor in what the masks before it leave of them, since a
+        replacement (which has no digits) cannot make an ``R`` appear unless ``R`` holds the
+        replacement's first or last character. So two texts of one shape without tells are
+        masked span for span alike, and the digits that stay are the texts' own.
+        """
+        reps = [rep for _, rep in self._steps]
+        if any(not rep or any(48 <= c <= 57 for c in rep) for rep in reps):
+            return None
+        ends = {rep[0] for rep in reps} | {rep[-1] for rep in reps}
+        tells = []
+        for mask, _ in self.masks:
+            if all(_takes_all_digits_or_none(atom) for atom in _parsed(mask.pattern).atoms):
+                continue
+            literal = mask._required_bytes
+            if not literal.isascii() or not any(48 <= c <= 57 for c in literal):
+                return None
+            if any(c in ends for c in literal):
+                return None
+            tells.append(literal)
+        table = bytes(48 if 48 <= c <= 57 else c for c in range(256))  # each digit as 0
+        return table, tuple(tells)
+
+
+def ascii_matcher(regex):
+    """The raw ``Match(anchor, data, pos, end)`` of ``regex`` (from :func:`compile_linear`)
+    for ASCII text: its pattern compiled in RE2's Latin-1 mode when that can be done exactly,
+    else its own.
+
+    On ASCII text both match exactly alike: each character is one byte in both modes, every
+    atom of the pattern admits the same ASCII characters (code points above U+00FF are
+    rewritten as ``\\xff``, which no ASCII character matches, and ranges keep their ASCII
+    part), and the match rules are the same. The Latin-1 program leaves out the multi-byte
+    UTF-8 sequences of Unicode classes (``\\p{L}``, ``\\p{Nd}``...), so it is smaller and
+    faster. Case-insensitive patterns keep their own program: there, a character beyond
+    Latin-1 can match an ASCII one (the Kelvin sign matches ``k``). Needs the re2 binding
+    that returns spans (see ``_RAW_MATCH``), as the callers check.
+    """
+    own = regex._regexp
+    translated = _latin1_pattern(regex.pattern) if _LATIN1_OPTIONS is not None else None
+    if translated is not None:
+        try:
+            if _parsed(regex.pattern).case_insensitive:
+                translated = None
+        except PatternError:
+            translated = None
+    if translated is not None:
+        latin1 = re2._re2.RE2(translated.encode("latin-1"), _LATIN1_OPTIONS)
+        if latin1.ok() and latin1.NumberOfCapturingGroups() == own.NumberOfCapturingGroups():
+            return latin1.Match
+    return own.Match
+
+
+def _parsed(pattern: str) -> _Parser:
+    parser = _Parser(pattern, "pattern")
+    parser.parse()
+    return parser
+
+
+def _latin1_pattern(pattern: str) -> str | None:
+    """``pattern`` (RE2 syntax) with every code point above U+00FF, written or escaped as
+    ``\\x{...}``, replaced by ``\\xff``; None where that is not a plain rewrite."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1 : i + 2]
+            if nxt == "Q" or (nxt and not nxt.isascii()):
+                return None  # literal text, or an escaped non-ASCII character
+            if nxt == "x" and pattern.startswith("{", i + 2):
+                end = pattern.find("}", i)
+                digits = pattern[i + 3 : end] if end > 0 else ""
+                if not digits or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                    return None
+                out.append(pattern[i : end + 1] if int(digits, 16) <= 0xFF else r"\xff")
+                i = end + 1
+                continue
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        out.append(c if ord(c) <= 0xFF else r"\xff")
+        i += 1
+    return "".join(out)
+
+
+_digit_sets: dict[tuple[str, str], bool] = {}
+
+
+def _takes_all_digits_or_none(atom: tuple[str, str]) -> bool:
+    """Whether a pattern atom (see :attr:`_Parser.atoms`) matches all ten ASCII digits or
+    none of them, found by matching each digit with it (False when that cannot be done)."""
+    kind, text = atom
+    if kind == "lit":
+        return not ("0" <= text <= "9")
+    if atom not in _digit_sets:
+        regex = re2._re2.RE2(text.encode("utf-8"), _OPTIONS)
+        taken = set()
+        if regex.ok() and _ANCHOR_BOTH is not None:
+            taken = {
+                d for d in b"0123456789" if regex.Match(_ANCHOR_BOTH, bytes((d,)), 0, 1)[0][0] >= 0
+            }
+        _digit_sets[atom] = regex.ok() and _ANCHOR_BOTH is not None and len(taken) in (0, 10)
+    return _digit_sets[atom]
 
 
 def search_spans(regex, data: bytes, pos: int = 0, end: int | None = None, *, anchored=False):
@@ -536,6 +831,12 @@ def _raw_match_works() -> bool:
 try:
     _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
     _ANCHOR_START = re2._re2.RE2.Anchor.ANCHOR_START
+    _ANCHOR_BOTH = re2._re2.RE2.Anchor.ANCHOR_BOTH
 except AttributeError:  # pragma: no cover - another re2 build
-    _UNANCHORED = _ANCHOR_START = None
+    _UNANCHORED = _ANCHOR_START = _ANCHOR_BOTH = None
 _RAW_MATCH = _raw_match_works()
+try:
+    _LATIN1_OPTIONS = _options()
+    _LATIN1_OPTIONS.encoding = re2.Options.Encoding.LATIN1
+except AttributeError:  # pragma: no cover - another re2 build
+    _LATIN1_OPTIONS = None
