@@ -203,3 +203,22 @@ def test_time_windows_on_the_command_line(datasets_dir: Path, tmp_path: Path, ca
     custom = ["parse", "--log-format", "<Content>", "--input", str(log), "--out", str(out)]
     assert main([*custom, "--partition", "time"]) == 2
     assert "time windows need" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_unmatched_lines_as_content(logs: Path, tmp_path: Path, capsys) -> None:
+    """--unmatched content keeps a line that fits no format as one whole-line message."""
+    log = tmp_path / "mixed.log"
+    lines = (logs / "v1.log").read_text().splitlines()[:40]
+    log.write_text("\n".join([*lines[:20], "a stack trace line without a header", *lines[20:]]))
+    out = tmp_path / "m.jsonl"
+    argv = ["parse", "--input", str(log), "--out", str(out), "--log-format", FMT]
+    argv += ["--partition", "fixed", "--window", "41"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "rejected 1" in (captured.out + captured.err).replace("\n", " ")
+    assert "mixed.log:21: does not match the custom log format" in captured.err.replace("\n", "")
+    assert main([*argv, "--unmatched", "content"]) == 0
+    captured = capsys.readouterr()
+    assert "rejected 0" in (captured.out + captured.err).replace("\n", " ")
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(record["events"]) == 41

@@ -27,19 +27,19 @@ from flexlog.ingest import (
     parse_duration,
 )
 from flexlog.parsing import TemplateParser, read_log_lines
+from flexlog.parsing.miner import UNMATCHED
 from flexlog.parsing.preset_files import resolve_preset
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def add_parser_options(p: argparse.ArgumentParser, *, default_preset: str | None = None) -> None:
-    """--preset, --preset-file, --log-format, --mask, --sim-th, --depth."""
+def add_parser_options(p: argparse.ArgumentParser) -> None:
+    """--preset, --preset-file, --log-format, --mask, --sim-th, --depth, --unmatched."""
     g = p.add_argument_group("log format (raw logs)")
     g.add_argument(
         "--preset",
-        default=default_preset,
-        help="a built-in preset (flexlog presets lists them)"
-        + (f"; default {default_preset}" if default_preset else ""),
+        help="a built-in preset (flexlog presets lists them; default: the bundle's parser, "
+        "else generic, the whole line as the message)",
     )
     g.add_argument("--preset-file", help="a YAML preset (flexlog presets show NAME prints one)")
     g.add_argument(
@@ -55,6 +55,12 @@ def add_parser_options(p: argparse.ArgumentParser, *, default_preset: str | None
     )
     g.add_argument("--sim-th", type=float, help="Drain similarity threshold (0-1)")
     g.add_argument("--depth", type=int, help="Drain parse-tree depth (>= 3)")
+    g.add_argument(
+        "--unmatched",
+        choices=UNMATCHED,
+        help="a line that does not fit the format: reject it (counted, with its line number; "
+        "the default, or the bundle's choice) or parse the whole line as its content",
+    )
 
 
 def add_partition_options(p: argparse.ArgumentParser) -> None:
@@ -125,8 +131,9 @@ def parser_from_args(args: argparse.Namespace, *, bundle=None) -> TemplateParser
     ]
     given.append(getattr(args, "mask", None))
     fmt = getattr(args, "format", None)
+    unmatched = getattr(args, "unmatched", None)
     if bundle is not None and bundle.parser_state is not None and not any(given) and fmt is None:
-        return TemplateParser.from_dict(bundle.parser_state)
+        return TemplateParser.from_dict(bundle.parser_state, unmatched=unmatched)
     preset = resolve_preset(
         args.preset or (fmt if fmt not in (None, "jsonl") else None),
         preset_file=args.preset_file,
@@ -136,7 +143,7 @@ def parser_from_args(args: argparse.Namespace, *, bundle=None) -> TemplateParser
         depth=args.depth,
         session_pattern=getattr(args, "session_pattern", None),
     )
-    return TemplateParser(preset)
+    return TemplateParser(preset, unmatched=unmatched or "reject")
 
 
 def partitioning_from_args(

@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, action="append")
     p.add_argument("--out", required=True, help="canonical JSONL")
     p.add_argument("--templates-out", help="write the mined EventId,EventTemplate CSV")
-    add_parser_options(p, default_preset="generic")
+    add_parser_options(p)
     add_partition_options(p)
     p.set_defaults(func=cmd_parse)
 

@@ -38,6 +38,8 @@ from flexlog.parsing.regex import LinearMask, MaskChain
 MAX_LOG_LINE_BYTES = 1 << 20
 #: Version of the JSON layout written by :meth:`TemplateParser.to_dict`.
 STATE_VERSION = 1
+#: What a parser may do with a line that does not fit its format.
+UNMATCHED = ("reject", "content")
 
 _PARAM = "<*>"
 # Stays on Python's re: one character class, searched once per token, cannot backtrack.
@@ -120,6 +122,8 @@ class TemplateParser:
 
     ``preset`` is a preset name (see :data:`~flexlog.parsing.presets.PRESETS`) or a
     :class:`Preset`; ``sim_th`` and ``depth`` override the preset's Drain parameters.
+    ``unmatched``: what becomes of a line that does not fit the format: ``"reject"`` it
+    (counted in the report, naming the line), or parse the whole line as ``"content"``.
     """
 
     def __init__(
@@ -128,7 +132,11 @@ class TemplateParser:
         *,
         sim_th: float | None = None,
         depth: int | None = None,
+        unmatched: str = "reject",
     ) -> None:
+        if unmatched not in UNMATCHED:
+            raise ValueError(f"unmatched must be one of {', '.join(UNMATCHED)}, got {unmatched!r}")
+        self.unmatched = unmatched
         base = get_preset(preset) if isinstance(preset, str) else preset
         if not isinstance(base, Preset):
             raise TypeError(f"preset must be a name or a Preset, got {type(preset).__name__}")
@@ -180,7 +188,7 @@ class TemplateParser:
         Fitting again adds to what was learned, and may generalise templates (and so change
         the keys) that earlier parses returned.
         """
-        split = self.preset._split_line
+        split = self._splitter()
         mask = self._mask
         joins = self._joins
         add = self._add
@@ -196,6 +204,21 @@ class TemplateParser:
                 else:
                     add(masked)
         return self
+
+    def _splitter(self):
+        """The preset's header split; with ``unmatched="content"``, a line that does not fit
+        the format is all content (no header fields)."""
+        split = self.preset._split_line
+        if self.unmatched == "reject":
+            return split
+
+        def split_or_whole(text: str):
+            parts = split(text)
+            if parts is None and _encodable(text):
+                return {}, text.strip()
+            return parts
+
+        return split_or_whole
 
     def _add(self, masked: str) -> None:
         """Add one masked content to Drain, as ``TemplateMiner.add_log_message`` does.
@@ -249,7 +272,7 @@ class TemplateParser:
         if not self.fitted:
             lines = [(n, t) for n, t in _numbered(lines) if t.strip()]
             self.fit(lines)
-        split = self.preset._split_line
+        split = self._splitter()
         session_of = self.preset.session_of
         mask = self._mask
         matches = self._matches
@@ -354,6 +377,7 @@ class TemplateParser:
             "kind": "flexlog.template_parser",
             "version": STATE_VERSION,
             "preset": self.preset.to_dict(),
+            "unmatched": self.unmatched,
             "clusters": [
                 {"id": c.cluster_id, "size": c.size, "tokens": list(c.log_template_tokens)}
                 for c in clusters
@@ -372,8 +396,9 @@ class TemplateParser:
         return table
 
     @classmethod
-    def from_dict(cls, data: dict) -> TemplateParser:
-        """Rebuild a parser saved with :meth:`to_dict`; a ValueError says what is wrong."""
+    def from_dict(cls, data: dict, *, unmatched: str | None = None) -> TemplateParser:
+        """Rebuild a parser saved with :meth:`to_dict` (``unmatched``: instead of the saved
+        choice); a ValueError says what is wrong."""
         if not isinstance(data, dict) or data.get("kind") != "flexlog.template_parser":
             raise ValueError("not a flexlog template parser state (missing kind)")
         if data.get("version") != STATE_VERSION:
@@ -381,7 +406,10 @@ class TemplateParser:
                 f"template parser state version {data.get('version')!r} is not {STATE_VERSION}"
             )
         try:
-            parser = cls(Preset.from_dict(data["preset"]))
+            parser = cls(
+                Preset.from_dict(data["preset"]),
+                unmatched=unmatched or data.get("unmatched", "reject"),
+            )
             drain = parser._miner.drain
             for rec in data["clusters"]:
                 cluster = LogCluster([str(t) for t in rec["tokens"]], int(rec["id"]))
