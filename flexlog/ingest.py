@@ -36,18 +36,6 @@ from flexlog.parsing.partition import MODES as LINE_MODES
 
 #: How lines become sequences: by session id, windows of lines, or windows of time.
 MODES = (*LINE_MODES, "time")
-#: Timestamp fields and their strptime format in each built-in preset's header.
-PRESET_TIMESTAMPS: dict[str, tuple[tuple[str, ...], str]] = {
-    "hdfs": (("Date", "Time"), "%y%m%d %H%M%S"),
-    "hadoop": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
-    "spark": (("Date", "Time"), "%y/%m/%d %H:%M:%S"),
-    "zookeeper": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
-    "openstack": (("Date", "Time"), "%Y-%m-%d %H:%M:%S.%f"),
-    "linux": (("Month", "Date", "Time"), "%b %d %H:%M:%S"),
-    "openssh": (("Date", "Day", "Time"), "%b %d %H:%M:%S"),
-    "apache": (("Time",), "%a %b %d %H:%M:%S %Y"),
-    "hpc": (("Time",), "%s"),
-}
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -496,7 +484,6 @@ def _chunks(numbered: Sequence[tuple[int, str]]) -> Iterable[Sequence[tuple[int,
 __all__ = [
     "CHUNK",
     "MODES",
-    "PRESET_TIMESTAMPS",
     "IngestTimeout",
     "Ingested",
     "Ingestor",

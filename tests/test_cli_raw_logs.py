@@ -222,3 +222,20 @@ def test_unmatched_lines_as_content(logs: Path, tmp_path: Path, capsys) -> None:
     assert "rejected 0" in (captured.out + captured.err).replace("\n", " ")
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(record["events"]) == 41
+
+
+def test_a_preset_file_carries_its_timestamp(logs: Path, tmp_path: Path) -> None:
+    """A YAML preset with the keys of a built-in one, timestamp included, drives time windows."""
+    preset = tmp_path / "app.yaml"
+    preset.write_text(
+        "name: app\n"
+        f"log_format: '{FMT}'\n"
+        "masking: [{regex: 'u[0-9]+', name: USER}]\n"
+        "timestamp_fields: [Date, Time]\n"
+        "timestamp_format: '%Y-%m-%d %H:%M:%S'\n"
+    )
+    out = tmp_path / "t.jsonl"
+    argv = ["parse", "--preset-file", str(preset), "--input", str(logs / "v1.log")]
+    assert main([*argv, "--out", str(out), "--partition", "time", "--window", "1h"]) == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == 28  # 300 windows of 20 lines over 28 days, one hour each day

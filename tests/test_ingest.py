@@ -104,9 +104,10 @@ def test_partitioning_round_trips_and_refuses_bad_values() -> None:
 def test_time_windows_from_the_timestamp_fields(datasets_dir: Path) -> None:
     """HDFS lines in windows of 60 s (and of 60 s every 30 s): every line with a readable
     timestamp is in the windows that cover its time; an unreadable one is rejected."""
-    from flexlog.ingest import PRESET_TIMESTAMPS, parse_duration
+    from flexlog.ingest import parse_duration
+    from flexlog.parsing import get_preset
 
-    fields, fmt = PRESET_TIMESTAMPS["hdfs"]
+    fields, fmt = get_preset("hdfs").timestamp_fields, get_preset("hdfs").timestamp_format
     lines = (datasets_dir / "hdfs" / "HDFS_2k.log").read_text().splitlines()[:300]
     lines.append("081109 2O3615 148 INFO dfs.DataNode: the letter O in the time")
     numbered = list(enumerate(lines, start=1))

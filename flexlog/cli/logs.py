@@ -17,7 +17,6 @@ from flexlog.cli.common import CliError
 from flexlog.data.records import IngestReport, LogSequence
 from flexlog.ingest import (
     MODES,
-    PRESET_TIMESTAMPS,
     Ingestor,
     KeyAligner,
     LineLabels,
@@ -26,7 +25,7 @@ from flexlog.ingest import (
     SourceLines,
     parse_duration,
 )
-from flexlog.parsing import TemplateParser, read_log_lines
+from flexlog.parsing import Preset, TemplateParser, read_log_lines
 from flexlog.parsing.miner import UNMATCHED
 from flexlog.parsing.preset_files import resolve_preset
 
@@ -147,7 +146,7 @@ def parser_from_args(args: argparse.Namespace, *, bundle=None) -> TemplateParser
 
 
 def partitioning_from_args(
-    args: argparse.Namespace, *, bundle=None, preset: str | None = None
+    args: argparse.Namespace, *, bundle=None, preset: Preset | None = None
 ) -> Partitioning:
     """The options' partitioning, over the bundle's, over session windows; time windows take
     the timestamp fields and format of the options, else the bundle's, else the preset's."""
@@ -155,7 +154,9 @@ def partitioning_from_args(
     mode = args.partition or base.mode
     try:
         if mode == "time":
-            fields, fmt = PRESET_TIMESTAMPS.get(preset or "", ((), None))
+            fields, fmt = (
+                (preset.timestamp_fields, preset.timestamp_format) if preset else ((), None)
+            )
             window = parse_duration(args.window) if args.window is not None else None
             step = parse_duration(args.step) if args.step is not None else None
             if base.mode == "time":
@@ -235,7 +236,7 @@ def read_raw(
     templates for alignment) unless the options say otherwise. Every line read ends up in a
     sequence or rejected in ``report``."""
     parser = parser_from_args(args, bundle=bundle)
-    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset.name)
+    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset)
     if partitioning.mode == "session" and not (
         partitioning.session_pattern or parser.preset.session_pattern
     ):

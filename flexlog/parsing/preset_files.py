@@ -11,6 +11,8 @@ A YAML preset file::
     sim_th: 0.5
     depth: 4
     session_pattern: "(req-[0-9a-f]+)"        # optional: group 1 is the session id
+    timestamp_fields: [Date, Time]            # optional, for --partition time
+    timestamp_format: "%Y-%m-%d %H:%M:%S"
 
 Every regex is RE2 syntax (see :mod:`flexlog.parsing.regex`); errors name the file and key.
 """
@@ -128,6 +130,8 @@ def preset_yaml(preset: Preset) -> str:
         "session_pattern": preset.session_pattern,
         "extra_delimiters": list(preset.extra_delimiters),
         "parametrize_numeric_tokens": preset.parametrize_numeric_tokens,
+        "timestamp_fields": list(preset.timestamp_fields),
+        "timestamp_format": preset.timestamp_format,
     }
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 

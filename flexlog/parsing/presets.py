@@ -182,7 +182,9 @@ class Preset:
     ``masking`` holds (regex, mask name) pairs applied in order before Drain sees the content;
     ``session_pattern`` (optional) is searched in the content and its first match (group 1 if
     the pattern has groups) is the line's session id; ``extra_delimiters`` are literal strings
-    Drain treats as extra token separators. All regexes are RE2 syntax (linear time; no
+    Drain treats as extra token separators; ``timestamp_fields`` (header fields, joined by a
+    space) read with the strptime ``timestamp_format`` (``%s``: seconds since the epoch) give a
+    line's time, for time windows. All regexes are RE2 syntax (linear time; no
     lookaround or backreferences): a mask with a group named ``mask`` replaces only that group
     and keeps the rest of its match as context (see :class:`~flexlog.parsing.regex.LinearMask`).
     A pattern RE2 cannot run raises a ``ValueError`` naming the preset and the pattern.
@@ -196,12 +198,19 @@ class Preset:
     session_pattern: str | None = None
     extra_delimiters: tuple[str, ...] = ()
     parametrize_numeric_tokens: bool = True
+    timestamp_fields: tuple[str, ...] = ()
+    timestamp_format: str | None = None
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # Accept lists from callers and JSON; store tuples so the preset stays hashable.
         object.__setattr__(self, "masking", tuple((str(r), str(m)) for r, m in self.masking))
         object.__setattr__(self, "extra_delimiters", tuple(self.extra_delimiters))
+        object.__setattr__(self, "timestamp_fields", tuple(map(str, self.timestamp_fields)))
+        if bool(self.timestamp_fields) != bool(self.timestamp_format):
+            raise ValueError(
+                f"preset {self.name!r}: timestamp_fields and timestamp_format go together"
+            )
         if not 0.0 <= self.sim_th <= 1.0:
             raise ValueError(f"preset {self.name!r}: sim_th must be in [0, 1], got {self.sim_th}")
         if self.depth < 3:
@@ -556,6 +565,8 @@ class Preset:
             "session_pattern": self.session_pattern,
             "extra_delimiters": list(self.extra_delimiters),
             "parametrize_numeric_tokens": self.parametrize_numeric_tokens,
+            "timestamp_fields": list(self.timestamp_fields),
+            "timestamp_format": self.timestamp_format,
             "description": self.description,
         }
 
@@ -576,6 +587,8 @@ class Preset:
                 session_pattern=LEGACY_PATTERNS.get(session, session) if session else session,
                 extra_delimiters=tuple(str(d) for d in data.get("extra_delimiters", ())),
                 parametrize_numeric_tokens=bool(data.get("parametrize_numeric_tokens", True)),
+                timestamp_fields=tuple(str(f) for f in data.get("timestamp_fields") or ()),
+                timestamp_format=data.get("timestamp_format"),
                 description=str(data.get("description", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -683,6 +696,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="hdfs",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%y%m%d %H%M%S",
             log_format="<Date> <Time> <Pid> <Level> <Component>: <Content>",
             masking=(MASK_PATH, MASK_BLOCK, *_VALUES, *_NUMBERS),
             sim_th=0.5,
@@ -692,6 +707,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="hadoop",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%Y-%m-%d %H:%M:%S,%f",
             log_format=r"<Date> <Time> <Level> \[<Process>\] <Component>: <Content>",
             masking=(*_STRUCTURES, MASK_YARN_ID, *_VALUES, MASK_HOST, *_NUMBERS),
             sim_th=0.9,
@@ -700,6 +717,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="spark",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%y/%m/%d %H:%M:%S",
             log_format="<Date> <Time> <Level> <Component>: <Content>",
             masking=(*_STRUCTURES, *_VALUES, MASK_YARN_ID, *_NUMBERS),
             sim_th=0.94,
@@ -708,6 +727,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="openssh",
+            timestamp_fields=("Date", "Day", "Time"),
+            timestamp_format="%b %d %H:%M:%S",
             log_format=r"<Date> <Day> <Time> <Component> sshd\[<Pid>\]: <Content>",
             masking=(
                 MASK_RHOST,
@@ -725,6 +746,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="zookeeper",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%Y-%m-%d %H:%M:%S,%f",
             log_format=r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>",
             masking=(("environment:" + _value(rf"[^{_S}]+=.*"), "ENV"), *COMMON_MASKS),
             sim_th=0.95,
@@ -733,6 +756,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="linux",
+            timestamp_fields=("Month", "Date", "Time"),
+            timestamp_format="%b %d %H:%M:%S",
             log_format=r"<Month> <Date> <Time> <Level> <Component>(\[<PID>\])?: <Content>",
             masking=(MASK_DATE, MASK_PAREN_HOST, MASK_RHOST, MASK_USER, *COMMON_MASKS),
             sim_th=0.92,
@@ -741,6 +766,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="openstack",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%Y-%m-%d %H:%M:%S.%f",
             log_format=r"<Logrecord> <Date> <Time> <Pid> <Level> <Component> \[<ADDR>\] <Content>",
             masking=COMMON_MASKS,
             sim_th=0.94,
@@ -749,6 +776,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="apache",
+            timestamp_fields=("Time",),
+            timestamp_format="%a %b %d %H:%M:%S %Y",
             log_format=r"\[<Time>\] \[<Level>\] <Content>",
             masking=COMMON_MASKS,
             sim_th=0.5,
@@ -757,6 +786,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="hpc",
+            timestamp_fields=("Time",),
+            timestamp_format="%s",
             log_format="<LogId> <Node> <Component> <State> <Time> <Flag> <Content>",
             masking=_HPC_MASKS,
             sim_th=0.95,
