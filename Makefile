@@ -78,7 +78,7 @@ experiments: $(STAMP)
 ## the ensembles ask it only where short-circuit voting needs it.
 LLM_SEEDS ?= 0,1,2
 experiments-llm: $(LLM_STAMP)
-	$(PY) -m finetune.experiment --recipe $(RECIPE) --steps 100 --seeds $(LLM_SEEDS) --jobs 2 --threads 1 --out runs/llm-adfa-u
+	$(PY) -m finetune.experiment --recipe $(RECIPE) --steps 100 --seeds $(LLM_SEEDS) --llm-alone 60 --jobs 2 --threads 1 --out runs/llm-adfa-u
 
 ## The README's results (tables, plots in docs/results/) from whatever is in runs/.
 report: $(STAMP)

@@ -360,14 +360,19 @@ def llm_section(run: dict) -> list[str]:
         "| model | average F1 | published (Mistral Small 22B) | share of test sequences asked |",
         "|---|---:|---:|---:|",
     ]
+    subset = s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0)
+    one_seed = len(run.get("seeds", [])) == 1
     for key, stat in s["average"].items():
         label, pub = names.get(key, (key, None))
+        if subset and key in ("llm", "llm-no-rag"):
+            label, pub = f"{label} (on a subset of the test sets)", None
         share = s.get("llm_asked_share", {}).get(key)
+        value = f"{stat['mean']:.3f}" if one_seed else mean_std(stat)
         lines.append(
-            f"| {label} | {mean_std(stat)} | {'' if pub is None or not complete else f'{pub:.3f}'} "
+            f"| {label} | {value} | {'' if pub is None or not complete else f'{pub:.3f}'} "
             f"| {'' if share is None else f'{100 * share:.0f} %'} |"
         )
-    if s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0):
+    if subset:
         lines += [
             "",
             f"The LLM alone was scored on {s['llm_alone_sequences']} of the "

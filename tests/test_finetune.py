@@ -438,4 +438,5 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     markdown = build_report(tmp_path / "runs", tmp_path / "docs")
     assert "holdouts web only, so no published figure" in markdown
     assert "scored on 6 of the 24 test sequences" in markdown
+    assert "| LLM alone (on a subset of the test sets) |" in markdown
     assert experiment(argv) == 0  # resumes: nothing left to compute
