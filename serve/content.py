@@ -222,7 +222,21 @@ class SequenceReader:
                 )
             elif line.strip():
                 numbered.append((i, line))
-        ingestor = self._ingestor(fmt, Partitioning(mode, window, step))
+        if mode == "time":
+            if not preset.timestamp_fields:
+                raise ContentError(
+                    f"log format {preset.name!r} has no timestamp fields for time windows"
+                )
+            partitioning = Partitioning(
+                "time",
+                window,
+                step if step > 1 else None,
+                time_fields=preset.timestamp_fields,
+                time_format=preset.timestamp_format,
+            )
+        else:
+            partitioning = Partitioning(mode, window, step)
+        ingestor = self._ingestor(fmt, partitioning)
         with _timeout():
             ingested = ingestor.ingest([(_SOURCE, numbered)], report, deadline=deadline)
         seqs = ingested.sequences

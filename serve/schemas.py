@@ -215,9 +215,15 @@ class DetectRequest(BaseModel):
     sequences: list[Any] | None = None
     lines: list[str] | None = None
     format: str | None = Field(None, max_length=64, description="log preset for lines")
-    partition: Literal["session", "fixed", "sliding"] = "session"
-    window: int = Field(20, ge=1, le=1_000_000, description="lines per window")
-    step: int = Field(1, ge=1, le=1_000_000, description="step of the sliding window")
+    partition: Literal["session", "fixed", "sliding", "time"] = Field(
+        "session",
+        description="session ids, fixed or sliding windows of lines, or windows of time "
+        "(window and step in seconds, from the format's timestamp fields)",
+    )
+    window: int = Field(20, ge=1, le=1_000_000, description="lines (or seconds) per window")
+    step: int = Field(
+        1, ge=1, le=1_000_000, description="step of sliding windows (time: 1 = back to back)"
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> DetectRequest:

@@ -302,6 +302,12 @@ def test_detect_raw_lines(http) -> None:
             assert r["evidence"] is None
     assert body["counts"]["lines"] == {"read": 4, "accepted": 3, "rejected": 1}
     assert body["rejected_lines"][0]["line"] == 3
+    # windows of time from the format's timestamp fields (seconds)
+    timed = {"lines": hdfs, "format": "hdfs", "partition": "time", "window": 2}
+    body = http.post("/v1/detect", json=timed).json()
+    assert [r["origin"]["lines"] for r in body["results"]] == [[1], [2, 4]]  # 2 s, aligned
+    untimed = {"lines": lines, "partition": "time", "window": 60}
+    _assert_error(http.post("/v1/detect", json=untimed), 400, "invalid_log_lines")
     _assert_error(http.post("/v1/detect", json={"lines": lines}), 400, "invalid_log_lines")
     _assert_error(http.post("/v1/detect", json={"lines": lines, "format": "nope"}), 400)
     _assert_error(http.post("/v1/detect", json={"lines": [], "sequences": []}), 422)
