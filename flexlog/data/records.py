@@ -142,7 +142,7 @@ def parse_record(obj: object, *, require_label: bool = False) -> LogSequence:
             raise ValueError(f"field 'events'[{i}] is an empty string")
         out.append(ev)
     _check_unicode(str(seq_id), "field 'id'")
-    if not _encodable("".join(out)):
+    if not is_unicode("".join(out)):
         for i, ev in enumerate(out):
             _check_unicode(ev, f"field 'events'[{i}]")
     label = obj.get("label")
@@ -161,7 +161,8 @@ def parse_record(obj: object, *, require_label: bool = False) -> LogSequence:
     return LogSequence(str(seq_id), tuple(out), label, group)
 
 
-def _encodable(text: str) -> bool:
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (holds no lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -172,7 +173,7 @@ def _encodable(text: str) -> bool:
 def _check_unicode(text: str, field: str) -> None:
     """ValueError naming the field when ``text`` holds a lone surrogate, which no file,
     database or response could store."""
-    if not _encodable(text):
+    if not is_unicode(text):
         raise ValueError(f"{field} is not valid Unicode (it holds a lone surrogate)")
 
 

@@ -30,7 +30,7 @@ from drain3.drain import LogCluster, Node
 from drain3.masking import AbstractMaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
-from flexlog.data.records import IngestReport, InputError, iter_text_lines
+from flexlog.data.records import IngestReport, InputError, is_unicode, iter_text_lines
 from flexlog.parsing.presets import Preset, get_preset
 from flexlog.parsing.regex import LinearMask, MaskChain
 
@@ -214,7 +214,7 @@ class TemplateParser:
 
         def split_or_whole(text: str):
             parts = split(text)
-            if parts is None and _encodable(text):
+            if parts is None and is_unicode(text):
                 return {}, text.strip()
             return parts
 
@@ -283,7 +283,7 @@ class TemplateParser:
                 continue
             parts = split(text)
             if parts is None:
-                report.reject(source, lineno, reason if _encodable(text) else _NOT_UNICODE)
+                report.reject(source, lineno, reason if is_unicode(text) else _NOT_UNICODE)
                 continue
             fields, content = parts
             masked = mask(content)
@@ -457,14 +457,6 @@ def _iter_numbered(lines: Iterable[str | tuple[int, str]]) -> Iterator[tuple[int
             yield int(lineno), text
         else:
             yield i, item
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _cluster_id(cluster: LogCluster) -> int:
