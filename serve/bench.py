@@ -10,6 +10,13 @@ bundles). Fresh sequences are real ones with one unique extra event, so that not
 them from the cache; run the service with ``--cache memory`` so that they do not stay.
 Clients send chat completions with the official request shape, over keep-alive connections,
 for a fixed time each. ``flexlog serve-bench`` prints and saves the table.
+
+A fourth measurement, :func:`run_detect_batches`, compares the service with the library: one
+client POSTs batches of N fresh sequences to ``/v1/detect`` (N = 1, 100, 1,000 by default)
+and the sequences/s it gets stand beside those of :meth:`flexlog.detector.Detector.predict`
+on the same batches in this process (the bundle loaded without a cache), so that what HTTP,
+JSON and validation cost shows. Request bodies are encoded before the clock starts: the rate
+is the service's, not the client's JSON encoder's.
 """
 
 from __future__ import annotations
@@ -25,12 +32,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydantic_core
 
 from flexlog.data.records import LogSequence
 
 SCENARIOS = ("cache", "ml", "ensemble")
 #: Distinct sequences cycled through in the cache scenario.
 CACHE_SET = 64
+#: Batch sizes of the detect-batch measurement.
+DETECT_BATCHES = (1, 100, 1000)
+#: Sequences kept from the service's batches to time the library on (memory bound).
+KEEP_SEQUENCES = 20_000
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,9 @@ def run_bench(
     if duration <= 0 or any(c < 1 for c in concurrency):
         raise ValueError("duration and concurrency must be positive")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    results = []
+    results: list[BenchResult] = []
+    if not concurrency:
+        return results
     for scenario in SCENARIOS:
         url = targets.get(scenario)
         if url is None:
@@ -167,6 +181,169 @@ def _load(
     )
 
 
+@dataclass(frozen=True)
+class DetectBatchResult:
+    """``/v1/detect`` with batches of ``batch`` fresh sequences, one client, and the
+    library's :meth:`~flexlog.detector.Detector.predict` on the same batches in-process."""
+
+    batch: int
+    requests: int
+    sequences: int
+    errors: int
+    seconds: float
+    service_rate: float
+    p50_ms: float
+    inprocess_rate: float | None
+    inprocess_cached_rate: float | None
+    ratio: float | None
+
+
+def run_detect_batches(
+    url: str,
+    sequences: Sequence[LogSequence],
+    *,
+    batches: Sequence[int] = DETECT_BATCHES,
+    duration: float = 10.0,
+    bundle: str | Path | None = None,
+    model: str = "flexlog",
+    api_key: str | None = None,
+    timeout: float = 300.0,
+    progress: Callable[[DetectBatchResult], None] | None = None,
+) -> list[DetectBatchResult]:
+    """Sequences/s of ``POST {url}/v1/detect`` with each batch size for ``duration`` seconds
+    (at least one request), beside ``Detector.predict``'s on the same batches with the
+    ``bundle`` loaded here (None: the service's rate alone), without a cache and with an
+    in-memory one, which adds and looks up every sequence as the service's does. Run the
+    service with ``--cache memory``: the fresh sequences are never in its cache."""
+    if not sequences:
+        raise ValueError("the benchmark needs at least one sequence")
+    if duration <= 0 or any(n < 1 for n in batches):
+        raise ValueError("duration and batch sizes must be positive")
+    detectors = []
+    if bundle is not None:
+        from flexlog.bundle import load_bundle
+        from flexlog.cache import SequenceCache
+
+        detectors = [
+            load_bundle(bundle).detector,
+            load_bundle(bundle, cache=SequenceCache(None)).detector,
+        ]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers["Content-Type"] = "application/json"
+    fresh = _fresh_sequences(sequences)
+    results = []
+    with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:
+        _post_batch(http, model, [next(fresh)])  # connect and warm up
+        for detector in detectors:
+            detector.predict([next(fresh)])
+        for n in batches:
+            result = _detect_batch(http, detectors, fresh, n, duration, model)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    return results
+
+
+def _fresh_sequences(sequences: Sequence[LogSequence]) -> Iterator[LogSequence]:
+    """Real sequences, each with one unique extra event: no cache has seen them."""
+    run = uuid.uuid4().hex[:8]
+    for n, seq in enumerate(itertools.cycle(sequences)):
+        yield LogSequence(f"{seq.id}-{n}", (*seq.events, f"bench-{run}-{n}"))
+
+
+def _post_batch(http: httpx.Client, model: str, batch: list[LogSequence]) -> tuple[bool, float]:
+    """POST one batch (encoded before the clock starts); whether every sequence was answered,
+    and the seconds the request took."""
+    body = pydantic_core.to_json({"model": model, "sequences": [s.to_json() for s in batch]})
+    t0 = time.perf_counter()
+    try:
+        response = http.post("/v1/detect", content=body)
+    except httpx.HTTPError:
+        return False, time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    try:
+        counts = response.json()["counts"] if response.status_code == 200 else {}
+    except (ValueError, KeyError, TypeError):
+        counts = {}
+    return counts.get("answered") == len(batch) and counts.get("errors") == 0, elapsed
+
+
+def _detect_batch(
+    http: httpx.Client,
+    detectors: list,
+    fresh: Iterator[LogSequence],
+    n: int,
+    duration: float,
+    model: str,
+) -> DetectBatchResult:
+    latencies: list[float] = []
+    kept: list[list[LogSequence]] = []
+    errors = answered = 0
+    busy = 0.0
+    while not latencies or busy < duration:
+        batch = [next(fresh) for _ in range(n)]
+        ok, elapsed = _post_batch(http, model, batch)
+        latencies.append(elapsed)
+        busy += elapsed
+        errors += not ok
+        answered += n if ok else 0
+        if (len(kept) + 1) * n <= max(KEEP_SEQUENCES, n):
+            kept.append(batch)
+    service_rate = answered / busy if busy > 0 else 0.0
+    rates = [_library_rate(d, kept, max(answered, n), duration) for d in detectors]
+    inprocess, cached = rates if rates else (None, None)
+    return DetectBatchResult(
+        batch=n,
+        requests=len(latencies),
+        sequences=answered,
+        errors=errors,
+        seconds=round(busy, 3),
+        service_rate=round(service_rate, 1),
+        p50_ms=round(float(np.percentile(np.array(latencies) * 1000.0, 50)), 2),
+        inprocess_rate=round(inprocess, 1) if inprocess is not None else None,
+        inprocess_cached_rate=round(cached, 1) if cached is not None else None,
+        ratio=round(service_rate / inprocess, 3) if inprocess else None,
+    )
+
+
+def _library_rate(detector, batches: list[list[LogSequence]], most: int, limit: float) -> float:
+    """Sequences/s of ``detector.predict`` on the batches, in order (again from the first
+    when there is time left: a detector with a cache then answers from it, so that one stops
+    after a pass), for ``limit`` seconds or ``most`` sequences."""
+    done, spent = 0, 0.0
+    passes = 1 if detector.cache is not None else None
+    for k, batch in enumerate(itertools.cycle(batches)):
+        if passes is not None and k >= len(batches) * passes:
+            break
+        t0 = time.perf_counter()
+        detector.predict(batch)
+        spent += time.perf_counter() - t0
+        done += len(batch)
+        if spent >= limit or done >= most:
+            break
+    return done / spent if spent > 0 else 0.0
+
+
+def format_detect_table(results: Sequence[DetectBatchResult]) -> str:
+    """The detect-batch results as a Markdown table."""
+    lines = [
+        "| batch | requests | errors | /v1/detect seq/s | p50 ms | in-process seq/s "
+        "| ratio | in-process + memory cache seq/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def rate(value: float | None, spec: str = ".1f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in results:
+        lines.append(
+            f"| {r.batch} | {r.requests} | {r.errors} | {r.service_rate:.1f} | {r.p50_ms:.1f} | "
+            f"{rate(r.inprocess_rate)} | {rate(r.ratio, '.2f')} | "
+            f"{rate(r.inprocess_cached_rate)} |"
+        )
+    return "\n".join(lines)
+
+
 def format_table(results: Sequence[BenchResult]) -> str:
     """The results as a Markdown table."""
     lines = [
@@ -181,11 +358,23 @@ def format_table(results: Sequence[BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def save_results(results: Sequence[BenchResult], out_dir: str | Path) -> Path:
-    """Write ``serve-bench.json`` and ``serve-bench.md`` into ``out_dir``; returns the JSON."""
+def save_results(
+    results: Sequence[BenchResult],
+    out_dir: str | Path,
+    detect: Sequence[DetectBatchResult] = (),
+) -> Path:
+    """Write ``serve-bench.json`` and ``serve-bench.md`` into ``out_dir`` (and, for detect
+    batches, ``serve-bench-detect.json``, their table added to the Markdown); returns the
+    first JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "serve-bench.json"
     path.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
-    (out / "serve-bench.md").write_text(format_table(results) + "\n")
+    tables = [format_table(results)] if results or not detect else []
+    if detect:
+        (out / "serve-bench-detect.json").write_text(
+            json.dumps([asdict(r) for r in detect], indent=1) + "\n"
+        )
+        tables.append(format_detect_table(detect))
+    (out / "serve-bench.md").write_text("\n\n".join(tables) + "\n")
     return path

@@ -96,7 +96,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--url", help="service for the cache and ML paths")
     b.add_argument("--ensemble-url", help="service whose bundle has the LLM voter")
     b.add_argument("--sequences", required=True, help="canonical JSONL to draw requests from")
-    b.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    b.add_argument(
+        "--concurrency",
+        default="1,8,32",
+        help="comma-separated client counts ('' skips the cache, ML and ensemble paths)",
+    )
+    b.add_argument(
+        "--detect-batches",
+        default="",
+        metavar="N,N,...",
+        help="also POST batches of N fresh sequences to --url's /v1/detect, one client, and "
+        "report sequences/s (e.g. 1,100,1000)",
+    )
+    b.add_argument(
+        "--bundle",
+        help="the service's bundle: with --detect-batches, Detector.predict's sequences/s on "
+        "the same batches in this process stand beside the service's",
+    )
     b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     b.add_argument("--model", default="flexlog")
     b.add_argument("--api-key", help="bearer key (or $FLEXLOG_API_KEY)")
@@ -202,19 +218,26 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     from flexlog.data.records import read_jsonl
 
     try:
-        from .bench import format_table, run_bench, save_results
+        from .bench import (
+            format_detect_table,
+            format_table,
+            run_bench,
+            run_detect_batches,
+            save_results,
+        )
     except ImportError as exc:
         raise ValueError(f"flexlog serve-bench needs the 'serve' extra of flexlog: {exc}") from exc
 
     seqs, report = read_jsonl(args.sequences)
     if not seqs:
         raise ValueError(f"{args.sequences}: no usable sequences ({report.summary()})")
-    try:
-        concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--concurrency {args.concurrency!r}: expected integers") from exc
+    concurrency = _integers(args.concurrency, "--concurrency")
+    detect_batches = _integers(args.detect_batches, "--detect-batches")
     if not args.url and not args.ensemble_url:
         raise ValueError("serve-bench needs --url, --ensemble-url or both")
+    if detect_batches and not args.url:
+        raise ValueError("--detect-batches needs --url")
+    api_key = args.api_key or os.environ.get("FLEXLOG_API_KEY")
     targets = {}
     if args.url:
         targets.update(cache=args.url.rstrip("/"), ml=args.url.rstrip("/"))
@@ -226,14 +249,41 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         concurrency=concurrency,
         duration=args.duration,
         model=args.model,
-        api_key=args.api_key or os.environ.get("FLEXLOG_API_KEY"),
+        api_key=api_key,
         progress=lambda r: print(
             f"{r.scenario} x{r.concurrency}: {r.rps:.1f} req/s, p50 {r.p50_ms:.1f} ms, "
             f"p99 {r.p99_ms:.1f} ms, {r.errors} errors",
             file=sys.stderr,
         ),
     )
-    print(format_table(results))
-    path = save_results(results, args.out)
+    detect = []
+    if detect_batches:
+        detect = run_detect_batches(
+            args.url.rstrip("/"),
+            seqs,
+            batches=detect_batches,
+            duration=args.duration,
+            bundle=args.bundle,
+            model=args.model,
+            api_key=api_key,
+            progress=lambda r: print(
+                f"detect batch {r.batch}: {r.service_rate:.1f} sequences/s"
+                + (f", in-process {r.inprocess_rate:.1f}/s" if r.inprocess_rate else "")
+                + f", {r.errors} errors",
+                file=sys.stderr,
+            ),
+        )
+    tables = [format_table(results)] if results else []
+    tables += [format_detect_table(detect)] if detect else []
+    print("\n\n".join(tables))
+    path = save_results(results, args.out, detect)
     print(f"written to {path}", file=sys.stderr)
     return 0
+
+
+def _integers(text: str, option: str) -> list[int]:
+    """The comma-separated integers of an option."""
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError as exc:
+        raise ValueError(f"{option} {text!r}: expected integers") from exc

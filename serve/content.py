@@ -25,7 +25,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from flexlog.data.records import IngestReport, LogSequence
@@ -34,6 +34,9 @@ from flexlog.parsing import Preset, TemplateParser, get_preset
 
 #: What an event key looks like; anything else is a raw log line.
 KEY = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
+#: The longest event key, and a character no event key holds (the complement of ``KEY``).
+MAX_KEY_CHARS = 256
+_NOT_KEY_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 _RUN = re.compile(r"([^\s\x00-\x1f\x7f]{1,256}) x([1-9][0-9]{0,6})")
 _PREFIX = re.compile(r"log sequence:\s*", re.IGNORECASE)
 _SOURCE = "request"
@@ -59,6 +62,23 @@ class Item:
 def is_key(text: str) -> bool:
     """Whether ``text`` is an event key (not a raw log line)."""
     return KEY.fullmatch(text) is not None
+
+
+def all_keys(events: Collection[object]) -> bool:
+    """Whether every item of ``events`` is an event key: ``all(map(is_key, events))`` for
+    strings, False when one is anything else. One pass over their joined text instead of a
+    match per event (lengths 1 to ``MAX_KEY_CHARS``, no character that ``KEY`` excludes);
+    callers pass the distinct events of a sequence, which are few."""
+    if not events:
+        return True
+    try:
+        text = "".join(events)  # type: ignore[arg-type]  # TypeError: an item is not a str
+    except TypeError:
+        return False
+    lengths = list(map(len, events))  # type: ignore[arg-type]
+    return (
+        min(lengths) >= 1 and max(lengths) <= MAX_KEY_CHARS and _NOT_KEY_CHAR.search(text) is None
+    )
 
 
 def split_items(content: str) -> list[Item]:

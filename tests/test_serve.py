@@ -562,6 +562,55 @@ def test_benchmark_runs_tiny(adfa_demo: Path, test_sequences, tmp_path: Path) ->
         run_bench({"llm-only": srv.url}, test_sequences)
 
 
+def test_serve_bench_detect_batches_beside_the_library(
+    adfa_demo: Path, tmp_path: Path, capsys
+) -> None:
+    """``flexlog serve-bench --detect-batches``: batches of fresh sequences POSTed to a live
+    loopback service, their sequences/s reported beside Detector.predict's in-process rates
+    (speeds are benchmark figures, never asserted)."""
+    app = create_app(adfa_demo / "bundle", Settings(cache="memory"))
+    out = tmp_path / "bench"
+    with BackgroundServer(app) as srv:
+        code = main(
+            [
+                "serve-bench",
+                "--url",
+                srv.url,
+                "--sequences",
+                str(adfa_demo / "data" / "test.jsonl"),
+                "--concurrency",
+                "",
+                "--detect-batches",
+                "1,3",
+                "--bundle",
+                str(adfa_demo / "bundle"),
+                "--duration",
+                "0.2",
+                "--out",
+                str(out),
+            ]
+        )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "/v1/detect seq/s" in captured.out and "in-process seq/s" in captured.out
+    rows = json.loads((out / "serve-bench-detect.json").read_text())
+    assert [r["batch"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["requests"] > 0 and r["errors"] == 0 and r["sequences"] > 0
+        assert r["service_rate"] > 0 and r["inprocess_rate"] > 0
+        assert r["inprocess_cached_rate"] > 0 and r["ratio"] > 0
+    assert "| 3 |" in (out / "serve-bench.md").read_text()
+    assert json.loads((out / "serve-bench.json").read_text()) == []
+    seqs = str(adfa_demo / "data" / "test.jsonl")
+    assert (
+        main(
+            ["serve-bench", "--ensemble-url", srv.url, "--sequences", seqs, "--detect-batches", "1"]
+        )
+        == 2
+    )
+    assert "--detect-batches needs --url" in capsys.readouterr().err
+
+
 def test_a_log_format_for_raw_lines(adfa_demo: Path) -> None:
     """`flexlog serve --log-format ...`: raw lines of a format no preset knows, for a bundle
     without a parser of its own; lines that do not fit it are rejected and counted."""

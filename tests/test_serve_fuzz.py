@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from flexlog.data.records import LogSequence
+from flexlog.data.records import LogSequence, parse_record
 from flexlog.parsing import PRESETS, TemplateParser, get_preset
+from flexlog.serve.app import _canonical, _canonical_fast
 from flexlog.serve.content import ContentError, Item, SequenceReader, is_key, split_items
 
 #: Small limits, so that generated inputs reach them (a window can be over max_events).
@@ -214,6 +215,65 @@ def test_lone_surrogates_are_keys_or_a_content_error(content: str, fmt) -> None:
 def _read(lines: list[str], limit: int = MAX_LINE_CHARS) -> int:
     """The lines a report must count: every non-blank one, and the over-long ones."""
     return sum(1 for line in lines if len(line) > limit or line.strip())
+
+
+def _canonical_reference(item: object, max_events: int) -> LogSequence:
+    """What ``/v1/detect`` accepted before its fast path: parse_record, then is_key per event."""
+    seq = parse_record(item)
+    if len(seq.events) > max_events or not all(is_key(e) for e in seq.events):
+        raise ValueError("refused")
+    return seq
+
+
+#: Events: keys, and what is not one (empty, whitespace, controls, too long, surrogates,
+#: non-strings).
+EVENTS = st.one_of(
+    st.sampled_from(["open", "read", "x" * 256, "x" * 257, "", " ", "a b", "a\x7f", "\udfff"]),
+    st.text(max_size=8),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Zs", "Cc"]), max_size=4),
+    st.integers(-5, 5),
+    st.booleans(),
+    st.none(),
+    st.lists(st.just("a"), max_size=1),
+)
+ITEMS = st.one_of(
+    st.fixed_dictionaries(
+        {"id": st.one_of(st.text(max_size=3), st.integers(), st.booleans(), st.none())},
+        optional={
+            "events": st.one_of(st.lists(EVENTS, max_size=12), st.text(max_size=3)),
+            "label": st.sampled_from([0, 1, "normal", "anomalous", "x", 2, None]),
+            "group": st.one_of(st.none(), st.text(max_size=3), st.integers(), st.booleans()),
+            "extra": st.integers(),
+        },
+    ),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(item=ITEMS, max_events=st.integers(1, 14))
+@example(item={"id": "a", "events": ["a"] * 15}, max_events=14)
+@example(item={"id": "a", "events": ["ok", "\udfff"]}, max_events=14)
+@example(item={"id": "a", "events": ["ok", 7]}, max_events=14)
+@example(item={"id": "a", "events": ["ok", "b\u2028c"]}, max_events=14)
+def test_canonical_fast_path_accepts_what_the_checks_accept(item, max_events: int) -> None:
+    """The batch path of canonical sequences (one check over each sequence's distinct
+    events) accepts exactly the items that parse_record and a per-event is_key accept, with
+    the same record; what it refuses, the slow path names."""
+    try:
+        expected = _canonical_reference(item, max_events)
+    except ValueError:
+        expected = None
+    fast = _canonical_fast(item, max_events)
+    if fast is not None:
+        assert fast == expected
+    if expected is None:
+        with pytest.raises(ValueError):
+            _canonical(item, max_events)
+    else:
+        assert _canonical(item, max_events) == expected
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
