@@ -36,7 +36,9 @@ class MicroBatcher:
 
     ``voter`` None asks the ensemble (:meth:`Detector.vote`: no cache lookup, complete answers
     are cached); a voter name asks that voter alone. ``on_batch(sequences, seconds)`` is called
-    after each batch (metrics). The worker thread starts with the first job.
+    after each batch (metrics). The worker thread starts with the first job. It waits up to
+    ``max_wait`` seconds to fill a batch only while jobs come together (the last batch held
+    more than one, or another is queued): a lone job is voted on at once.
     """
 
     def __init__(
@@ -88,12 +90,16 @@ class MicroBatcher:
 
     # -- worker ----------------------------------------------------------------------------
     def _run(self) -> None:
+        company = False  # whether the last batch held more than one job
         while True:
             job = self._queue.get()
             if job is None:
                 return
             jobs, size, closing = [job], len(job.sequences), False
-            deadline = time.monotonic() + self.max_wait
+            # Wait for more jobs only while requests come together: a lone client's job is
+            # voted on at once (what is already queued is still taken).
+            wait = self.max_wait if company or not self._queue.empty() else 0.0
+            deadline = time.monotonic() + wait
             while size < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:  # past the deadline, still take what is already queued
@@ -109,6 +115,7 @@ class MicroBatcher:
                     break
                 jobs.append(nxt)
                 size += len(nxt.sequences)
+            company = len(jobs) > 1
             groups: dict[str | None, list[_Job]] = {}
             for j in jobs:
                 groups.setdefault(j.voter, []).append(j)
