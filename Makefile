@@ -14,7 +14,7 @@ DATA   ?= $(DEMO)/data/limited_train.jsonl
 FINETUNE_OUT ?= runs/finetune-$(RECIPE)
 BUNDLE ?= $(FINETUNE_OUT)/bundle
 
-.PHONY: install install-llm demo test lint format bench experiments experiments-seq experiments-llm report finetune serve clean
+.PHONY: install install-llm postgres-server demo test lint format bench experiments experiments-seq experiments-llm report finetune serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint $(LLM_STAMP)
+# The PostgreSQL server the shared-cache tests start (Debian's package; the tests run their
+# own cluster on loopback, as the postgres user when run as root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
+test: lint $(LLM_STAMP) postgres-server
 	$(PY) -m pytest
 
 bench: $(STAMP)

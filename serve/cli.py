@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--cache",
         default="bundle",
-        help="'bundle' (BUNDLE/cache.sqlite, default), 'memory', 'off', or a database path",
+        help="'bundle' (BUNDLE/cache.sqlite, default), 'memory', 'off', a database path, or a "
+        "postgresql:// URL (a cache several replicas share)",
     )
     s.add_argument("--model-name", default="flexlog", help="model id of the ensemble")
     s.add_argument("--llm-base-url", help="point the bundle's LLM voter at this server")

@@ -67,7 +67,7 @@ class Service:
         launch = load_launch_config(settings.vllm) if settings.vllm else None
         cache = None
         if settings.cache != "off":
-            cache = SequenceCache(settings.cache_path(path), timeout=settings.cache_timeout)
+            cache = SequenceCache(settings.cache_location(path), timeout=settings.cache_timeout)
         try:
             self.bundle: Bundle = load_bundle(
                 path,

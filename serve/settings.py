@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flexlog.cache.postgres import is_postgres_url
+
 #: Environment variable holding the accepted (read) API keys, comma-separated.
 API_KEYS_ENV = "FLEXLOG_API_KEYS"
 #: Environment variable holding the admin API keys (they may also correct the cache).
@@ -102,11 +104,14 @@ class Settings(BaseModel):
             raise ValueError("give llm_base_url or vllm, not both")
         return self
 
-    def cache_path(self, bundle: Path) -> Path | None:
-        """The cache database to open, or None for an in-memory or no cache."""
+    def cache_location(self, bundle: Path) -> Path | str | None:
+        """The cache database to open (a path or a postgresql:// URL), or None for an
+        in-memory or no cache."""
         if self.cache in ("memory", "off"):
             return None
-        return bundle / "cache.sqlite" if self.cache == "bundle" else Path(self.cache)
+        if self.cache == "bundle":
+            return bundle / "cache.sqlite"
+        return self.cache if is_postgres_url(self.cache) else Path(self.cache)
 
 
 def api_keys_from_env(

@@ -106,3 +106,28 @@ def hdfs_xy(hdfs_small):
         [s.events for s in test],
         np.array([s.label for s in test]),
     )
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for the whole session (see tests/postgres_server)."""
+    from postgres_server import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """A URL to an empty cache of its own on the session's PostgreSQL server."""
+    return postgres.fresh_url()
+
+
+def cache_location(request: pytest.FixtureRequest, mode: str, tmp_path: Path, name: str = "c"):
+    """Where a test's cache lives for a store ``mode``: memory (None), a SQLite file in
+    ``tmp_path``, or an empty schema on the PostgreSQL server."""
+    if mode == "memory":
+        return None
+    if mode == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / f"{name}.sqlite"

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import cache_location
 
 from flexlog.cache import (
     APPLICATION_ID,
@@ -28,6 +29,9 @@ from flexlog.cache.memory import MemoryLRU
 from flexlog.data.records import InputError
 from flexlog.detector import Detector
 
+#: Every store behind SequenceCache: process memory, a SQLite file, a PostgreSQL server.
+STORES = ["memory", "sqlite", "postgresql"]
+
 A = ("E5", "E22", "E5")
 B = ("E1", "E2")
 C = ("E9",)
@@ -38,10 +42,9 @@ def seq(i: int) -> tuple[str, ...]:
     return (f"E{i}", "E0", f"E{i % 7}")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 def cache(request: pytest.FixtureRequest, tmp_path: Path):
-    path = None if request.param == "memory" else tmp_path / "cache.sqlite"
-    with SequenceCache(path) as c:
+    with SequenceCache(cache_location(request, request.param, tmp_path, "cache")) as c:
         yield c
 
 
@@ -226,9 +229,11 @@ def test_memory_entries_zero_reads_sqlite_every_time(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- eviction
 
 
-@pytest.mark.parametrize("mode", ["memory", "sqlite"])
-def test_eviction_bound_keeps_human_corrections(tmp_path: Path, mode: str) -> None:
-    path = None if mode == "memory" else tmp_path / "c.sqlite"
+@pytest.mark.parametrize("mode", STORES)
+def test_eviction_bound_keeps_human_corrections(
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str
+) -> None:
+    path = cache_location(request, mode, tmp_path)
     with SequenceCache(path, max_entries=10, memory_entries=4) as c:
         humans = [("H", str(i)) for i in range(5)]
         for h in humans:
@@ -243,9 +248,11 @@ def test_eviction_bound_keeps_human_corrections(tmp_path: Path, mode: str) -> No
         assert c.get(seq(29)) is not None  # the newest answer stays
 
 
-@pytest.mark.parametrize("mode", ["memory", "sqlite"])
-def test_eviction_of_humans_only_when_nothing_else_is_left(tmp_path: Path, mode: str) -> None:
-    path = None if mode == "memory" else tmp_path / "c.sqlite"
+@pytest.mark.parametrize("mode", STORES)
+def test_eviction_of_humans_only_when_nothing_else_is_left(
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str
+) -> None:
+    path = cache_location(request, mode, tmp_path)
     with SequenceCache(path, max_entries=5, memory_entries=2) as c:
         for i in range(8):
             c.update(("H", str(i)), 1)
@@ -328,8 +335,10 @@ def test_stats_add_up(cache: SequenceCache) -> None:
     assert s["hit_rate"] == pytest.approx(s["hits"] / lookups)
     assert s["entries"] == 20 and s["errors"] == 0 and s["evictions"] == 0
     assert s["approx_memory_bytes"] > 20 * 100
-    if cache.path is None:
+    if cache.location is None:
         assert s["db_bytes"] == 0 and s["path"] is None
+    elif cache.path is None:  # on a server: named without its password
+        assert s["path"] == cache.location and s["path"].startswith("postgresql://flexlog@")
     else:
         assert s["db_bytes"] > 0 and s["path"] == str(cache.path)
 
@@ -455,9 +464,9 @@ def test_unrelated_or_newer_database_is_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- threads
 
 
-@pytest.mark.parametrize("mode", ["memory", "sqlite"])
-def test_thread_safety_smoke(tmp_path: Path, mode: str) -> None:
-    path = None if mode == "memory" else tmp_path / "c.sqlite"
+@pytest.mark.parametrize("mode", STORES)
+def test_thread_safety_smoke(request: pytest.FixtureRequest, tmp_path: Path, mode: str) -> None:
+    path = cache_location(request, mode, tmp_path)
     errors: list[BaseException] = []
     lookups = [0] * 4
 
@@ -747,9 +756,11 @@ def test_version_1_file_locked_at_open_is_upgraded_by_the_first_edit(
     assert _header(path) == (SCHEMA_VERSION, True)
 
 
-@pytest.mark.parametrize("mode", ["memory", "sqlite"])
-def test_answers_evicted_by_their_own_batch_are_not_served(tmp_path: Path, mode: str) -> None:
-    path = None if mode == "memory" else tmp_path / "c.sqlite"
+@pytest.mark.parametrize("mode", STORES)
+def test_answers_evicted_by_their_own_batch_are_not_served(
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str
+) -> None:
+    path = cache_location(request, mode, tmp_path)
     with SequenceCache(path, max_entries=5) as c:
         c.add_many([(seq(i), 1, None) for i in range(10)])
         assert len(c) == 4

@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cache_location
 
 from flexlog.cache import CacheEntry, CacheError, Correction, SequenceCache, key_of
 from flexlog.cli import main
+
+#: Every store behind SequenceCache: process memory, a SQLite file, a PostgreSQL server.
+STORES = ["memory", "sqlite", "postgresql"]
 
 A = ("E5", "E22", "E5")
 B = ("E1", "E2")
@@ -22,10 +26,9 @@ def seq(i: int) -> tuple[str, ...]:
     return (f"E{i}", "E0", f"E{i % 7}")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 def cache(request: pytest.FixtureRequest, tmp_path: Path):
-    path = None if request.param == "memory" else tmp_path / "cache.sqlite"
-    with SequenceCache(path) as c:
+    with SequenceCache(cache_location(request, request.param, tmp_path, "cache")) as c:
         yield c
 
 
@@ -184,9 +187,11 @@ def test_history_survives_reopen(tmp_path: Path) -> None:
         assert c.get(A).source == "human"
 
 
-@pytest.mark.parametrize("mode", ["memory", "sqlite"])
-def test_history_survives_eviction_and_undo_recreates(tmp_path: Path, mode: str) -> None:
-    path = None if mode == "memory" else tmp_path / "c.sqlite"
+@pytest.mark.parametrize("mode", STORES)
+def test_history_survives_eviction_and_undo_recreates(
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str
+) -> None:
+    path = cache_location(request, mode, tmp_path)
     with SequenceCache(path, max_entries=5, memory_entries=2) as c:
         c.update(A, 1)
         c.update(A, 0)

@@ -13,7 +13,7 @@ from .audit import Logged
 from .entries import CacheEntry, Correction
 from .eviction import choose_victims
 from .memory import SIZE_SAMPLE, approx_entries_bytes, approx_table_bytes
-from .store import HUMAN, SAVED, Answer, Decide, EditResult, Recent, WriteResult
+from .store import HUMAN, SAVED, Answer, Changes, Decide, EditResult, Recent, WriteResult
 
 __all__ = ["MemoryStore"]
 
@@ -25,6 +25,7 @@ class MemoryStore:
     location = None
     read_only = False
     in_memory = True
+    shared = False
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -75,6 +76,9 @@ class MemoryStore:
 
     def history(self, key: str) -> list[Correction]:
         return [item.correction for item in self._log.get(key, ())]
+
+    def changes(self, since: Any) -> Changes:
+        return Changes(None, [])  # only this process changes it, through the cache
 
     def touch(self, key: str) -> None:
         if key in self._entries:

@@ -14,6 +14,12 @@ front of a store (:mod:`flexlog.cache.store`):
 * ``SequenceCache(path)``: a :class:`~flexlog.cache.sqlite.SQLiteStore` (a SQLite file in WAL
   mode) holding up to ``max_entries`` rows, with an LRU of up to ``memory_entries`` entries
   in front of it.
+* ``SequenceCache("postgresql://...")``: a :class:`~flexlog.cache.postgres.PostgresStore`,
+  likewise, on a server that several processes and machines share.
+
+A file or a server can be changed by other processes: before answering from its LRU, the
+cache asks the store which keys were corrected elsewhere since it last asked, and forgets
+them, so a human correction made through one process is answered by all of them.
 
 When a store is over ``max_entries`` it evicts (:mod:`flexlog.cache.eviction`), in one batch
 down to 90 % of the bound, the least recently used *model* entries first; human corrections
@@ -45,11 +51,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from flexlog.data.records import InputError
+
 from .audit import Edit, check_actor, check_comment, plan_delete, plan_set, plan_undo
 from .entries import CacheEntry, CacheError, Correction
 from .keys import check_label, check_votes, intern_events, key_of, resolve
 from .memory import MemoryLRU
 from .memory_store import MemoryStore
+from .postgres import PostgresStore, describe_url, is_postgres_url
 from .sqlite import SQLiteStore
 from .store import HUMAN, UNSAVED, Answer, Decide, Store
 
@@ -62,7 +71,8 @@ _WARN_EVERY_S = 30.0
 
 
 class SequenceCache:
-    """Cache of answers per event sequence: in memory, or SQLite behind an in-memory LRU.
+    """Cache of answers per event sequence: in memory, or a SQLite file or a PostgreSQL
+    database (``location``: a path or a ``postgresql://`` URL) behind an in-memory LRU.
 
     Thread-safe: one lock guards the LRU and the store, so one instance can be shared by the
     threads of a service. Use as a context manager or call :meth:`close`, which also writes
@@ -100,18 +110,23 @@ class SequenceCache:
         if path is None and read_only:
             raise ValueError("read_only needs a path: an in-memory cache is always writable")
 
-        self.path: Path | None = Path(path) if path is not None else None
+        url = path if is_postgres_url(path) else None
+        #: The SQLite file (None: in memory, or on a server).
+        self.path: Path | None = Path(path) if path is not None and url is None else None
+        #: Where the entries are, for messages: the file, the server (no password), or None.
+        self.location = describe_url(url) if url is not None else self.path and str(self.path)
         self.max_entries = max_entries
         self.memory_entries = memory_entries
         self.timeout = float(timeout)
         self.read_only = read_only
 
         store: Store
-        if self.path is None:
+        if path is None:
             store = MemoryStore(max_entries)
         else:
-            store = SQLiteStore(
-                self.path,
+            kind = PostgresStore if url is not None else SQLiteStore
+            store = kind(
+                url if url is not None else self.path,
                 max_entries=max_entries,
                 timeout=self.timeout,
                 read_only=read_only,
@@ -120,6 +135,13 @@ class SequenceCache:
         self._store = store
         self._lock = threading.Lock()
         self._lru = MemoryLRU(0 if store.in_memory else memory_entries, store.touch)
+        self._seen: Any = None
+        if store.shared:
+            try:
+                self._seen = store.changes(None).mark
+            except CacheError as exc:
+                store.close()
+                raise InputError(f"{store.location}: cannot read the cache: {exc}") from exc
         self._hits = 0
         self._memory_hits = 0
         self._misses = 0
@@ -151,6 +173,22 @@ class SequenceCache:
         where = self._store.location or "memory"
         retry = "" if self._store.read_only else "; try again"
         return CacheError(f"{where}: cannot {what} ({exc}){retry}")
+
+    def _sync(self) -> None:
+        """Forget what the LRU holds of keys corrected by other processes (see the module
+        doc); if the store cannot tell, the LRU answers as it is."""
+        if not self._store.shared or not len(self._lru):
+            return
+        try:
+            changes = self._store.changes(self._seen)
+        except CacheError as exc:
+            self._failed("sync", exc)
+            return
+        self._seen = changes.mark
+        if changes.keys is None:
+            self._lru.clear()
+        else:
+            self._lru.discard_many(changes.keys)
 
     def _lookup(self, wanted: dict[str, Sequence[str] | None]) -> dict[str, CacheEntry]:
         """Fetch LRU misses from the store (none if it fails) and promote them into the LRU."""
@@ -196,6 +234,7 @@ class SequenceCache:
             return self.get_many([events])[0]
         with self._lock:
             self._check_open()
+            self._sync()
             entry = self._lru.get(key)
             if entry is not None:
                 self._memory_hits += 1
@@ -220,6 +259,7 @@ class SequenceCache:
         results: list[CacheEntry | None] = [None] * len(keys)
         with self._lock:
             self._check_open()
+            self._sync()
             missing: dict[str, list[int]] = {}
             for i, entry in enumerate(self._lru.get_many(keys)):
                 if entry is None:
@@ -432,7 +472,7 @@ class SequenceCache:
             entries, humans = self._counts()
             store = self._store.stats()
             return {
-                "path": str(self.path) if self.path is not None else None,
+                "path": self.location,
                 "entries": entries,
                 "memory_entries": entries if self._store.in_memory else len(self._lru),
                 "human_entries": humans,
@@ -478,5 +518,5 @@ class SequenceCache:
         self.close()
 
     def __repr__(self) -> str:
-        where = str(self.path) if self.path is not None else "memory"
+        where = self.location or "memory"
         return f"SequenceCache({where!r}, max_entries={self.max_entries})"

@@ -24,7 +24,6 @@ import logging
 import sqlite3
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,20 @@ from .audit import Logged
 from .entries import CacheEntry, CacheError, Correction
 from .eviction import choose_victims
 from .keys import events_json, intern_events, votes_json
-from .store import HUMAN, NO_RECENT, SAVED, UNSAVED, Answer, Decide, EditResult, Recent, WriteResult
+from .pending import PendingAnswers
+from .store import (
+    HUMAN,
+    NO_RECENT,
+    SAVED,
+    UNSAVED,
+    Answer,
+    Changes,
+    Decide,
+    EditResult,
+    Recent,
+    WriteResult,
+    changes_after,
+)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -129,6 +141,7 @@ class SQLiteStore:
     """
 
     in_memory = False
+    shared = True  # other processes may open the same file
 
     def __init__(
         self,
@@ -144,8 +157,7 @@ class SQLiteStore:
         self.max_entries = max_entries
         self.timeout = timeout
         self.read_only = read_only
-        self._pending: OrderedDict[str, Answer] = OrderedDict()
-        self._pending_max = pending_max
+        self._pending = PendingAnswers(pending_max)
         self._touched: dict[str, int] = {}  # recency ticks not yet written
         self._tick = 0
         self._count = 0  # rows, kept exact for this process's own writes
@@ -386,6 +398,21 @@ class SQLiteStore:
             log.append(Logged(correction, tuple(json.loads(row[11])), votes))
         return log
 
+    def changes(self, since: Any) -> Changes:
+        conn = self._live()
+        try:
+            if not self._log_exists(conn):
+                return Changes(0, [])
+            if since is None:
+                last = conn.execute("SELECT coalesce(max(id), 0) FROM corrections").fetchone()[0]
+                return Changes(last, [])
+            rows = conn.execute(
+                "SELECT id, key FROM corrections WHERE id >= ? ORDER BY id", (since,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _failure(exc) from exc
+        return changes_after(since, rows)
+
     def counts(self) -> tuple[int, int]:
         conn = self._live()
         try:
@@ -406,7 +433,7 @@ class SQLiteStore:
             "evictions": self._evictions,
             "unsaved": len(self._pending),
             "db_bytes": db_bytes,
-            "approx_memory_bytes": sys.getsizeof(self._touched) + sys.getsizeof(self._pending),
+            "approx_memory_bytes": sys.getsizeof(self._touched) + self._pending.approx_bytes(),
         }
 
     # ------------------------------------------------------------------ writes
@@ -420,13 +447,12 @@ class SQLiteStore:
         if self.read_only:
             humans = self._humans_among(list(answers))
             return WriteResult({k: HUMAN if k in humans else UNSAVED for k in answers})
-        # Earlier unsaved answers go first, so this call's answers win for the same key.
-        todo = OrderedDict(self._pending)
-        todo.update(answers)
+        todo = self._pending.with_new(answers)
         try:
             outcomes, evicted, removed = self._write_answers(todo, recent)
         except sqlite3.Error as exc:
-            return WriteResult(self._hold(todo), error=_failure(exc))
+            humans = self._humans_among(list(todo))
+            return WriteResult(self._pending.hold(todo, humans), error=_failure(exc))
         self._pending.clear()
         self._evictions += removed
         return WriteResult(outcomes, evicted)
@@ -482,22 +508,6 @@ class SQLiteStore:
             self._count = count_before
             raise
         return outcomes, evicted, removed
-
-    def _hold(self, todo: Mapping[str, Answer]) -> dict[str, str]:
-        """After a failed write: keep the answers for a retry, except over known humans."""
-        humans = self._humans_among(list(todo))
-        outcomes = {}
-        for key, answer in todo.items():
-            if key in humans:
-                self._pending.pop(key, None)
-                outcomes[key] = HUMAN
-            else:
-                self._pending[key] = answer
-                self._pending.move_to_end(key)
-                outcomes[key] = UNSAVED
-        while len(self._pending) > self._pending_max:
-            self._pending.popitem(last=False)
-        return outcomes
 
     def _humans_among(self, keys: Sequence[str]) -> set[str]:
         """The keys with a human correction stored, as far as the file can be read."""
@@ -574,7 +584,7 @@ class SQLiteStore:
             raise _failure(exc) from exc
         self._has_log = True
         self._evictions += removed
-        self._pending.pop(key, None)
+        self._pending.pop(key)
         if change.after is None:
             self._touched.pop(key, None)
         return EditResult(change, correction, evicted)
@@ -762,7 +772,7 @@ class SQLiteStore:
             return
         if not self.read_only and (self._touched or self._pending):
             try:
-                self._write_answers(OrderedDict(self._pending), NO_RECENT)
+                self._write_answers(self._pending.snapshot(), NO_RECENT)
                 self._pending.clear()
             except sqlite3.Error as exc:
                 logger.warning("sequence cache %s: cannot write on close (%s)", self.path, exc)

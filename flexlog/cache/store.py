@@ -3,8 +3,8 @@
 A store keeps the entries of one cache (model answers and human corrections) within a bound,
 evicting by :mod:`flexlog.cache.eviction`, and the audit trail of corrections, applying the
 edits planned by :mod:`flexlog.cache.audit`. Two implement it: :class:`MemoryStore` (this
-process's memory) and :class:`SQLiteStore` (a file); another one (PostgreSQL, say) only needs
-these methods.
+process's memory), :class:`SQLiteStore` (a file) and :class:`PostgresStore` (a server several
+processes and machines share).
 
 Contract, for every store:
 
@@ -15,6 +15,9 @@ Contract, for every store:
 * ``recent`` is the in-memory LRU in front of the store: its entries are more recent than any
   the store holds (their recency reaches the store by :meth:`Store.touch` when they leave it),
   so eviction takes them only after the rest, and the keys being written last of all.
+* A ``shared`` store can be changed by other processes. Before answering from its LRU, the
+  cache asks :meth:`Store.changes` which keys were corrected since it last asked and drops
+  them from the LRU, so a correction made through one process is answered by every other.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ __all__ = [
     "SAVED",
     "UNSAVED",
     "Answer",
+    "Changes",
     "EditResult",
     "Recent",
     "Store",
     "WriteResult",
+    "changes_after",
 ]
 
 #: put_answers outcomes: written; not written because a human correction is stored for the
@@ -76,6 +81,27 @@ class EditResult:
     evicted: list[str] = field(default_factory=list)
 
 
+class Changes(NamedTuple):
+    """What :meth:`Store.changes` saw: a mark to pass next time, and the keys corrected (set,
+    deleted or undone) since the mark given; ``keys`` is None when anything may have changed
+    (the store was cleared)."""
+
+    mark: Any
+    keys: list[str] | None
+
+
+def changes_after(since: int, rows: Sequence[tuple[int, str]]) -> Changes:
+    """:meth:`Store.changes` from the log's rows ``(id, key)`` with ``id >= since``, by id.
+
+    Corrections are only ever removed all at once (``clear``): when the one seen last
+    (``since``) is gone, the log was cleared.
+    """
+    if since and (not rows or rows[0][0] != since):
+        return Changes(rows[-1][0] if rows else 0, None)
+    keys = [key for id_, key in rows if id_ != since]
+    return Changes(rows[-1][0] if rows else since, keys)
+
+
 class Recent(Protocol):
     """The in-memory LRU as a store sees it."""
 
@@ -107,6 +133,8 @@ class Store(Protocol):
     read_only: bool
     #: True when the store lives in this process's memory: no LRU is put in front of it.
     in_memory: bool
+    #: True when other processes may change the store (see :meth:`changes`).
+    shared: bool
 
     def fetch_many(self, wanted: Mapping[str, Sequence[str] | None]) -> dict[str, CacheEntry]:
         """The stored entries of the keys of ``wanted`` that are present. Each key maps to its
@@ -138,6 +166,11 @@ class Store(Protocol):
 
     def history(self, key: str) -> list[Correction]:
         """The corrections recorded for ``key``, oldest first ([] if none)."""
+        ...
+
+    def changes(self, since: Any) -> Changes:
+        """The keys corrected by anyone since the mark ``since`` (None: none, just the mark
+        to start from). Raises CacheError when the storage cannot be read."""
         ...
 
     def touch(self, key: str) -> None:

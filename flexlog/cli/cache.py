@@ -16,7 +16,7 @@ def _cache_target(args: argparse.Namespace):
     from flexlog.cache import SequenceCache
 
     if args.cache:
-        return SequenceCache(Path(args.cache))
+        return SequenceCache(args.cache)
     if args.bundle:
         bundle = Path(args.bundle)
         if not (bundle / "manifest.json").is_file():  # a typo must not create a directory
@@ -162,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the entry's hex key, right after the action (or --key KEY anywhere)",
     )
     c.add_argument("--bundle", help="use BUNDLE/cache.sqlite")
-    c.add_argument("--cache", help="cache database path")
+    c.add_argument("--cache", help="cache database: a path or a postgresql:// URL")
     c.add_argument("--events", help="the sequence, space- or comma-separated event keys")
     c.add_argument("--key", help="the entry's hex key")
     c.add_argument("--label", help="normal or anomalous (update)")

@@ -90,9 +90,10 @@ def _open_cache(args: argparse.Namespace, bundle_path: Path):
         return None
     from flexlog.cache import SequenceCache
 
-    # `evaluate --cache` is a flag (the bundle's own cache); `score --cache` is a path
-    path = Path(args.cache) if isinstance(args.cache, str) else bundle_path / "cache.sqlite"
-    return SequenceCache(path)
+    # `evaluate --cache` is a flag (the bundle's own cache); `score --cache` is a path or a
+    # postgresql:// URL
+    location = args.cache if isinstance(args.cache, str) else bundle_path / "cache.sqlite"
+    return SequenceCache(location)
 
 
 def _load_with_cache(bundle_path: Path, open_cache):
