@@ -269,7 +269,12 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
             api_key=api_key,
             progress=lambda r: print(
                 f"detect batch {r.batch}: {r.service_rate:.1f} sequences/s"
-                + (f", in-process {r.inprocess_rate:.1f}/s" if r.inprocess_rate else "")
+                + (
+                    f", in-process {r.inprocess_cached_rate:.1f}/s with the memory cache as "
+                    f"served (ratio {r.ratio:.2f}), {r.inprocess_rate:.1f}/s without"
+                    if r.inprocess_rate and r.inprocess_cached_rate and r.ratio
+                    else ""
+                )
                 + f", {r.errors} errors",
                 file=sys.stderr,
             ),

@@ -592,13 +592,13 @@ def test_serve_bench_detect_batches_beside_the_library(
         )
     assert code == 0
     captured = capsys.readouterr()
-    assert "/v1/detect seq/s" in captured.out and "in-process seq/s" in captured.out
+    assert "/v1/detect seq/s" in captured.out and "in-process, no cache seq/s" in captured.out
     rows = json.loads((out / "serve-bench-detect.json").read_text())
     assert [r["batch"] for r in rows] == [1, 3]
     for r in rows:
         assert r["requests"] > 0 and r["errors"] == 0 and r["sequences"] > 0
         assert r["service_rate"] > 0 and r["inprocess_rate"] > 0
-        assert r["inprocess_cached_rate"] > 0 and r["ratio"] > 0
+        assert r["inprocess_cached_rate"] > 0 and r["ratio"] > 0 and r["ratio_no_cache"] > 0
     assert "| 3 |" in (out / "serve-bench.md").read_text()
     assert json.loads((out / "serve-bench.json").read_text()) == []
     seqs = str(adfa_demo / "data" / "test.jsonl")
