@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from tqdm.auto import tqdm
@@ -40,6 +42,12 @@ from flexlog.cli.logs import (
     wants_raw,
 )
 from flexlog.data.records import IngestReport, iter_jsonl
+from flexlog.ingest import Ingestor, KeyAligner
+from flexlog.parsing import read_log_lines
+from flexlog.scoring import RecordWriter, score_batch
+
+if TYPE_CHECKING:
+    from flexlog.detector import DetectorStats
 
 #: Raw lines printed under each anomalous verdict with --explain.
 EXPLAIN_LINES = 5
@@ -59,9 +67,10 @@ def _write_rejections(path: Path, report: IngestReport) -> Path | None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from flexlog.data.templates import read_templates
-    from flexlog.evidence import explain
-
+    if args.engine == "ray":
+        return _cmd_score_ray(args)
+    if args.address is not None or args.actors is not None:
+        raise CliError("--address and --actors are for --engine ray")
     bundle_path = Path(args.bundle)
     bundle = _load_with_cache(bundle_path, lambda: _open_cache(args, bundle_path))
     if args.follow or STDIN in args.input:
@@ -73,9 +82,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raw = read_raw(inputs, args, report, bundle=bundle)
         seqs, remapped = raw.sequences, raw.remapped
     else:
-        templates = read_templates(args.templates) if args.templates else None
         seqs = [s for p in inputs for s in iter_jsonl(p, report)]
-        seqs, remapped = _aligned(bundle, seqs, templates)
+        seqs, remapped = _aligned(bundle, seqs, _input_templates(args))
     if remapped:
         err.print(f"{remapped} unseen templates mapped to their closest known template")
     out_path = Path(args.out)
@@ -83,7 +91,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     detector, profile = bundle.detector, bundle.event_profile
     anomalous, explained = 0, 0
     with (
-        out_path.open("w", encoding="utf-8") as fh,
+        RecordWriter(out_path) as writer,
         tqdm(
             total=len(seqs),
             desc="scoring",
@@ -93,26 +101,49 @@ def cmd_score(args: argparse.Namespace) -> int:
     ):
         for start in range(0, len(seqs), args.batch_size):
             batch = seqs[start : start + args.batch_size]
-            verdicts = detector.predict(batch)
-            evidence = explain(detector, batch, verdicts, profile=profile)
-            for i, (seq, verdict, ev) in enumerate(zip(batch, verdicts, evidence, strict=True)):
-                record = verdict.to_json()
-                source = raw.sources[start + i] if raw is not None else None
-                if source is not None:
-                    record["origin"] = source.to_json()
-                if ev is not None:
-                    record["evidence"] = ev.to_json(seq.events, source)
-                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-                anomalous += verdict.label
-                if args.explain and ev is not None and explained < args.explain_limit:
-                    _print_explanation(seq, record, ev, source, raw)
+            sources = raw.sources[start : start + args.batch_size] if raw is not None else None
+            for done in score_batch(detector, batch, sources, profile=profile):
+                writer.write(done.record)
+                anomalous += done.anomalous
+                if args.explain and done.evidence is not None and explained < args.explain_limit:
+                    _print_explanation(done.sequence, done.record, done.evidence, done.source, raw)
                     explained += 1
             bar.update(len(batch))
     if args.explain and anomalous > explained:
         out.print(f"... and {anomalous - explained} more anomalous sequences in {out_path}")
-    unit = "log lines" if raw is not None else "sequences"
+    _print_summary(
+        out_path,
+        len(seqs),
+        anomalous,
+        "log lines" if raw is not None else "sequences",
+        report,
+        detector.stats,
+        detector.voter_names,
+    )
+    if detector.cache is not None:
+        detector.cache.close()
+    return 0
+
+
+def _input_templates(args: argparse.Namespace) -> dict[str, str] | None:
+    from flexlog.data.templates import read_templates
+
+    return read_templates(args.templates) if args.templates else None
+
+
+def _print_summary(
+    out_path: Path,
+    answered: int,
+    anomalous: int,
+    unit: str,
+    report: IngestReport,
+    stats: DetectorStats,
+    voters: list[str],
+) -> None:
+    """The closing lines of a batch run (either engine): what was answered, how the lines
+    read add up, the rejections (and their file), and the detector's counters."""
     err.print(
-        f"[bold]scored:[/] {len(seqs)} sequences answered ({anomalous} anomalous) → "
+        f"[bold]scored:[/] {answered} sequences answered ({anomalous} anomalous) → "
         f"{escape(str(out_path))}; {unit}: {report.read} read = {report.accepted} accepted + "
         f"{report.rejected} rejected"
     )
@@ -122,15 +153,108 @@ def cmd_score(args: argparse.Namespace) -> int:
         err.print(f"rejections written to {rpath}")
     else:
         _write_rejections(out_path, report)
-    stats = detector.stats
-    share = ", ".join(f"{n} {100 * v:.0f} %" for n, v in detector.asked_share().items())
+    voted = stats.voted
+    share = (
+        ", ".join(f"{n} {100 * stats.asked.get(n, 0) / voted:.0f} %" for n in voters)
+        if voted
+        else ""
+    )
     err.print(
         f"cache hits {stats.cache_hits}, voted {stats.voted} distinct sequences"
         + (f"; asked per voter: {share}" if share else "")
     )
-    if detector.cache is not None:
-        detector.cache.close()
+
+
+# -- --engine ray: the same records on a Ray cluster (flexlog.ray_engine) ----------------------
+def _cmd_score_ray(args: argparse.Namespace) -> int:
+    """Score files on Ray: checks first (Ray installed, cluster reachable, bundle, inputs,
+    format), then the run; the records, rejections and summary are the local engine's."""
+    try:
+        from flexlog import ray_engine
+    except ImportError as exc:  # pragma: no cover - the module imports ray lazily
+        raise CliError(f"--engine ray is unavailable: {exc}") from None
+
+    if args.follow or STDIN in args.input:
+        raise CliError("--engine ray scores files: --follow and --input - need --engine local")
+    if args.explain:
+        raise CliError(
+            "--explain prints with --engine local; with --engine ray the records carry the evidence"
+        )
+    if args.batch_size < 1 or (args.actors is not None and args.actors < 1):
+        raise CliError("--batch-size and --actors must be >= 1")
+    try:
+        ray_engine.require_ray()
+        if args.address is not None:
+            ray_engine.check_reachable(args.address)
+    except ray_engine.EngineError as exc:
+        raise CliError(str(exc)) from None
+    bundle_path = Path(args.bundle)
+    bundle = _load_with_cache(bundle_path, lambda: None)  # the actors open the cache
+    inputs = [Path(p) for p in args.input]
+    parser = None
+    if any(wants_raw(args, p, bundle=bundle) for p in inputs):
+        parser, partitioning = _raw_format(args, bundle)
+        remapped = 0
+    else:
+        templates = _input_templates(args)
+        plan = ray_engine.ReadPlan.jsonl(bundle.templates, templates)
+        remapped = _aligned(bundle, [], templates)[1]
+    for path in inputs:  # an input that cannot be opened stops the run, as locally
+        next(iter(read_log_lines(path, IngestReport())), None)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_options = argparse.Namespace(cache=args.cache, no_cache=args.no_cache)
+    load = functools.partial(
+        _load_with_cache, bundle_path, functools.partial(_open_cache, cache_options, bundle_path)
+    )
+    try:
+        with ray_engine.connect(args.address):
+            if parser is not None:
+                ray_engine.fit_parser(parser, [str(p) for p in inputs])
+                plan = ray_engine.ReadPlan.raw(parser, partitioning, bundle.templates)
+            with RecordWriter(out_path) as writer:
+                result = ray_engine.score_files(
+                    [str(p) for p in inputs],
+                    plan,
+                    writer,
+                    load=load,
+                    batch_size=args.batch_size,
+                    actors=args.actors,
+                )
+    except ray_engine.EngineError as exc:
+        raise CliError(str(exc)) from None
+    if parser is not None:
+        aligner = KeyAligner(bundle.templates)
+        remapped = len(aligner.mapping({**parser.templates_learned(), **result.unseen}))
+    if remapped:
+        err.print(f"{remapped} unseen templates mapped to their closest known template")
+    _print_summary(
+        out_path,
+        result.answered,
+        result.anomalous,
+        "log lines" if parser is not None else "sequences",
+        result.report,
+        result.stats,
+        bundle.detector.voter_names,
+    )
     return 0
+
+
+def _raw_format(args: argparse.Namespace, bundle):
+    """The parser and partitioning raw logs are read with (as :func:`read_raw` chooses them),
+    checked before any work: a session id to group by, the fields time windows read."""
+    parser = parser_from_args(args, bundle=bundle)
+    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset)
+    if partitioning.mode == "session" and not (
+        partitioning.session_pattern or parser.preset.session_pattern
+    ):
+        raise CliError(
+            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
+            "sliding (with --window), or --session-pattern"
+        )
+    # what Ingestor.ingest checks of the format, on no lines (an unfitted parser stays so)
+    Ingestor(parser, partitioning).ingest([], IngestReport())
+    return parser, partitioning
 
 
 def _print_explanation(seq, record: dict, ev, source, raw: RawInput | None) -> None:
@@ -160,7 +284,6 @@ def _print_explanation(seq, record: dict, ev, source, raw: RawInput | None) -> N
 def _cmd_follow(args: argparse.Namespace, bundle) -> int:
     """Score raw lines as they arrive: sequences close on a full window, an idle or full
     session, or too many open sessions, and are answered in small batches as they do."""
-    from flexlog.ingest import KeyAligner
     from flexlog.stream import SequenceStream, StreamReport, follow_file, follow_pipe
 
     if len(args.input) != 1:
@@ -221,9 +344,9 @@ def _cmd_follow(args: argparse.Namespace, bundle) -> int:
     with (
         _stop_on_signals(stop),
         rejections,
-        out_path.open("w", encoding="utf-8") as fh,
+        RecordWriter(out_path) as writer,
     ):
-        scorer = _Scorer(bundle, fh, args)
+        scorer = _Scorer(bundle, writer, args)
         if stdin:
             chunks = follow_pipe(
                 sys.stdin.buffer, report, poll=args.poll, until_idle=args.until_idle, stop=stop
@@ -277,34 +400,35 @@ def _cmd_follow(args: argparse.Namespace, bundle) -> int:
 
 
 class _Scorer:
-    """Answers closed sequences in batches, one JSON line each (the batch path's records)."""
+    """Answers closed sequences in batches, one record each (the batch path's records)."""
 
-    def __init__(self, bundle, fh, args: argparse.Namespace):
+    def __init__(self, bundle, writer: RecordWriter, args: argparse.Namespace):
         self.detector, self.profile = bundle.detector, bundle.event_profile
-        self.fh, self.args = fh, args
+        self.writer, self.args = writer, args
         self.answered = self.anomalous = self.explained = 0
 
     def score(self, closed: list) -> None:
-        from flexlog.evidence import explain
-
         args = self.args
         for start in range(0, len(closed), args.batch_size):
             part = closed[start : start + args.batch_size]
             batch = [c.sequence for c in part]
-            verdicts = self.detector.predict(batch)
-            evidence = explain(self.detector, batch, verdicts, profile=self.profile)
-            for c, verdict, ev in zip(part, verdicts, evidence, strict=True):
-                record = verdict.to_json()
-                record["origin"] = c.source.to_json()
-                if ev is not None:
-                    record["evidence"] = ev.to_json(c.sequence.events, c.source)
-                self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-                self.anomalous += verdict.label
-                if args.explain and ev is not None and self.explained < args.explain_limit:
-                    _print_explanation(c.sequence, record, ev, c.source, _ClosedText(c))
+            sources = [c.source for c in part]
+            for c, done in zip(
+                part, score_batch(self.detector, batch, sources, profile=self.profile), strict=True
+            ):
+                self.writer.write(done.record)
+                self.anomalous += done.anomalous
+                if (
+                    args.explain
+                    and done.evidence is not None
+                    and self.explained < args.explain_limit
+                ):
+                    _print_explanation(
+                        c.sequence, done.record, done.evidence, c.source, _ClosedText(c)
+                    )
                     self.explained += 1
             self.answered += len(part)
-            self.fh.flush()
+            self.writer.flush()
 
 
 class _ClosedText:
@@ -365,7 +489,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("score", help="score sequences or raw logs with a bundle")
     s.add_argument("--bundle", required=True)
     s.add_argument("--input", required=True, action="append", help="input file (repeatable)")
-    s.add_argument("--out", required=True, help="predictions JSONL, one line per input sequence")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="predictions JSONL, one line per input sequence (Parquet when it ends in .parquet)",
+    )
     s.add_argument(
         "--format",
         help="jsonl (canonical sequences) or a log preset for raw logs (default: jsonl for "
@@ -385,6 +513,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--cache", help="cache database (default: BUNDLE/cache.sqlite)")
     s.add_argument("--no-cache", action="store_true", help="answer every sequence with the voters")
     s.add_argument("--batch-size", type=int, default=4096)
+    r = s.add_argument_group("engine")
+    r.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (the default); ray: files read and parsed in parallel and "
+        "sequences scored by a pool of actors on a Ray cluster (pip install 'flexlog[ray]'), "
+        "giving the same records, rejections and counts",
+    )
+    r.add_argument(
+        "--address",
+        help="--engine ray: the cluster, auto (the one this machine runs), HOST:PORT of its "
+        "head, or ray://HOST:PORT (Ray Client); default: a new local Ray instance",
+    )
+    r.add_argument(
+        "--actors",
+        type=int,
+        help="--engine ray: scoring actors at most, each holding the detector (default: one "
+        "per CPU of the cluster)",
+    )
     f = s.add_argument_group("streaming (--follow, or --input -)")
     f.add_argument(
         "--follow",
