@@ -510,7 +510,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_parser_options(s)
     add_partition_options(s)
-    s.add_argument("--cache", help="cache database (default: BUNDLE/cache.sqlite)")
+    s.add_argument(
+        "--cache",
+        help="cache database: a path, or a postgresql:// URL that replicas and Ray workers "
+        "share (default: BUNDLE/cache.sqlite)",
+    )
     s.add_argument("--no-cache", action="store_true", help="answer every sequence with the voters")
     s.add_argument("--batch-size", type=int, default=4096)
     r = s.add_argument_group("engine")
