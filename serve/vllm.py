@@ -32,6 +32,7 @@ class LaunchConfig(BaseModel):
     model: str | None = None
     merge_adapter: bool = True
     dtype: str | None = None
+    enforce_eager: bool | None = None
     max_model_len: int = Field(4096, ge=64)
     max_lora_rank: int = 16
     port: int | None = Field(None, ge=1, le=65535)
@@ -121,6 +122,7 @@ def prepare_server(
         served_name=voter.served_model,
         merge_adapter=config.merge_adapter,
         dtype=config.dtype,
+        enforce_eager=config.enforce_eager,
         max_model_len=config.max_model_len,
         max_lora_rank=config.max_lora_rank,
         extra_args=config.extra_args,

@@ -30,7 +30,13 @@ from flexlog.llm.backends.openai_http import OpenAIBackend, label_logprobs  # no
 from flexlog.llm.decoding import TEMPERATURE_LADDER  # noqa: E402
 from flexlog.llm.models import resolve_model  # noqa: E402
 from flexlog.llm.prompt import PromptTemplate  # noqa: E402
-from flexlog.llm.vllm_server import VLLMServer, free_port, merged_checkpoint  # noqa: E402
+from flexlog.llm.vllm_server import (  # noqa: E402
+    VLLMServer,
+    cpu_engine_defaults,
+    cpu_has_native_bf16,
+    free_port,
+    merged_checkpoint,
+)
 from flexlog.voters.llm import LLMVoter  # noqa: E402
 
 LABEL_PATHS = {"logprobs", "choice"}
@@ -359,8 +365,21 @@ def test_vllm_server_command_line(smollm2, smol_adapter):
     base = VLLMServer("smollm2", port=8123).launch_command()
     assert "--enable-lora" not in base and "--served-model-name" in base
     if not server.on_gpu:
-        assert "--dtype float32" in joined and "--enforce-eager" in argv
+        defaults = cpu_engine_defaults()
+        assert f"--dtype {defaults['dtype']}" in joined and "--enforce-eager" not in argv
+        eager = VLLMServer("smollm2", port=8123, dtype="float32", enforce_eager=True)
+        assert "--dtype float32" in " ".join(eager.launch_command())
+        assert "--enforce-eager" in eager.launch_command()
         assert server.launch_env()["VLLM_CPU_OMP_THREADS_BIND"]
+
+
+def test_bfloat16_only_where_the_cpu_has_it(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n")
+    assert cpu_has_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_native_bf16(info)
+    assert not cpu_has_native_bf16(tmp_path / "missing")
 
 
 # -- vLLM: a real server, then the in-process engine ----------------------------------------

@@ -21,7 +21,9 @@ from rich.table import Table
 
 #: Bench names → how they run. "vllm-merged" and "openai" serve the adapter merged into the
 #: base weights (vLLM's LoRA kernels are slow on CPU); "vllm" uses its LoRA support.
-LLM_BENCH_BACKENDS = ("transformers", "vllm", "vllm-merged", "openai")
+#: "openai-fp32-eager" is the server as flexlog started it on CPU before it chose bfloat16 and
+#: compilation (:func:`~flexlog.llm.vllm_server.cpu_engine_defaults`), to compare with.
+LLM_BENCH_BACKENDS = ("transformers", "vllm", "vllm-merged", "openai", "openai-fp32-eager")
 
 
 def bench_sequences(datasets: Path, n: int, seed: int = 0) -> list[list[str]]:
@@ -42,10 +44,11 @@ def _open(name: str, model: str, adapter: str | None, batch_size: int):
     """A started backend for a bench name, and the server to stop afterwards (or None)."""
     from flexlog.llm.backends import make_backend
 
-    if name == "openai":
+    if name.startswith("openai"):
         from flexlog.llm.vllm_server import VLLMServer
 
-        server = VLLMServer(model, adapter, merge_adapter=adapter is not None).start()
+        legacy = {"dtype": "float32", "enforce_eager": True} if name != "openai" else {}
+        server = VLLMServer(model, adapter, merge_adapter=adapter is not None, **legacy).start()
         backend = make_backend(
             "openai",
             base_url=server.base_url,

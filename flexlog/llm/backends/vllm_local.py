@@ -2,7 +2,8 @@
 
 The same decodings as the HTTP backend without a server: ``choice`` (greedy answer constrained to
 the two labels), ``logprobs`` (the first answer token's top log-probabilities decide) and
-``ladder`` (the paper's sampling). On a CPU-only machine it runs in float32, eagerly, with its
+``ladder`` (the paper's sampling). On a CPU-only machine it runs with
+:func:`~flexlog.llm.vllm_server.cpu_engine_defaults` (bfloat16 where native, compiled), its
 OpenMP threads bound to this process's cores.
 """
 
@@ -27,6 +28,7 @@ from flexlog.llm.prompt import PromptTemplate
 from flexlog.llm.vllm_server import (
     VLLM_LORA_RANKS,
     check_vllm_adapter,
+    cpu_engine_defaults,
     cpu_threads_bind,
     has_gpu,
     merged_checkpoint,
@@ -65,8 +67,8 @@ class VLLMBackend(LLMBackend):
     max_model_len : context length of the engine.
     gpu_memory_utilization : None means 0.3 on CPU (where it sizes the KV cache in RAM) and
         0.9 on GPU.
-    dtype : None means "float32" on CPU and "auto" on GPU.
-    enforce_eager : None means eager on CPU.
+    dtype : None means "auto" on GPU and, on CPU, :func:`cpu_engine_defaults`'s.
+    enforce_eager : None means compiled (vLLM's default on GPU, ours on CPU).
     max_lora_rank : the largest adapter rank accepted (a vLLM rank: 8, 16, 32, ...).
     top_logprobs : alternatives kept per answer token (at most vLLM's ``max_logprobs``, 20).
     engine_args : further keyword arguments for ``vllm.LLM``.
@@ -128,18 +130,21 @@ class VLLMBackend(LLMBackend):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
+        cpu = {} if gpu else cpu_engine_defaults()
         path = self._path
         if self.adapter is not None and self.merge_adapter:
             path = str(merged_checkpoint(path, self.adapter))
         args: dict[str, Any] = {
             "model": path,
-            "dtype": self.dtype or ("auto" if gpu else "float32"),
+            "dtype": self.dtype or cpu.get("dtype", "auto"),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.batch_size,
             "seed": self.seed,
             "gpu_memory_utilization": self.gpu_memory_utilization
             or (0.9 if gpu else CPU_MEMORY_UTILIZATION),
-            "enforce_eager": (not gpu) if self.enforce_eager is None else self.enforce_eager,
+            "enforce_eager": bool(
+                cpu.get("enforce_eager") if self.enforce_eager is None else self.enforce_eager
+            ),
             "max_logprobs": max(20, self.top_logprobs),
         }
         if self.adapter is not None and not self.merge_adapter:
