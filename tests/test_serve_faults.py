@@ -262,7 +262,8 @@ def test_vllm_launch_configs(four_voters: Path, adfa_demo: Path, tmp_path: Path)
     from flexlog.serve.vllm import llm_voter_names, load_launch_config, prepare_server, server_url
 
     cpu, gpu = load_launch_config("cpu"), load_launch_config("gpu")
-    assert cpu.merge_adapter and cpu.dtype == "float32" and not gpu.merge_adapter
+    assert cpu.merge_adapter and cpu.dtype is None and cpu.enforce_eager is None
+    assert not gpu.merge_adapter
     assert llm_voter_names(read_manifest(four_voters)) == ["llm"]
     assert llm_voter_names(read_manifest(adfa_demo / "bundle")) == []
     url = server_url(cpu.model_copy(update={"port": 8123}))
