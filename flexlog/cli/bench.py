@@ -1,5 +1,5 @@
 """``flexlog bench``: throughput of the ML path and the cache, of the LLM voter's backends,
-or of the log parser."""
+of the log parser, or of batch scoring (local against Ray)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from flexlog.cli.common import DATASETS, CliError, out
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.llm and args.parse:
-        raise CliError("give --llm or --parse, not both")
+    if sum(bool(x) for x in (args.llm, args.parse, args.score)) > 1:
+        raise CliError("give one of --llm, --parse and --score")
     if args.llm:
         return _bench_llm(args)
     if args.parse:
         return _bench_parse(args)
+    if args.score:
+        return _bench_score(args)
     from flexlog.bench import run_bench
 
     sizes = _sizes(args.sizes or "10000,100000,1000000")
@@ -40,6 +42,28 @@ def _bench_parse(args: argparse.Namespace) -> int:
     try:
         bench_parse(args.parse, sizes, out_dir=Path(args.out), console=out)
     except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return 0
+
+
+def _bench_score(args: argparse.Namespace) -> int:
+    from flexlog.score_bench import SCORE_SIZES, bench_score
+
+    sizes = _sizes(args.sizes) if args.sizes else list(SCORE_SIZES)
+    actors = _sizes(args.actors) if args.actors else []
+    bundle = Path(args.bundle) if args.bundle else None
+    if bundle is not None and not (bundle / "manifest.json").is_file():
+        raise CliError(f"{bundle}: not a flexlog bundle (no manifest.json)")
+    if actors:
+        try:
+            from flexlog.ray_engine import EngineError, require_ray
+
+            require_ray()
+        except EngineError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        bench_score(sizes, actors=actors, bundle=bundle, files=args.files, out_dir=Path(args.out))
+    except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
     return 0
 
@@ -87,6 +111,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="parser throughput instead: generated lines of PRESET (default hdfs), fit and "
         "parse, lines/s and peak memory per size",
     )
+    sc = bn.add_argument_group("batch scoring, local against Ray (instead of the ML path)")
+    sc.add_argument(
+        "--score",
+        action="store_true",
+        help="flexlog score on generated HDFS lines (--sizes: line counts, default 1000000; "
+        "add 10000000 for the full range): lines/s, sequences/s, peak memory per worker",
+    )
+    sc.add_argument("--actors", default="1,2", help="Ray actor counts to measure ('' : local only)")
+    sc.add_argument(
+        "--bundle", help="score with this bundle (default: one trained on generated lines)"
+    )
+    sc.add_argument("--files", type=int, default=8, help="files the generated log is split into")
     llm = bn.add_argument_group("LLM voter throughput (instead of the ML path)")
     llm.add_argument(
         "--llm",
