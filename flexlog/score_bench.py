@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import re
 import subprocess
@@ -114,8 +115,6 @@ def bench_score(
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -157,7 +156,10 @@ def _run(bundle: Path, logs: list[Path], out: Path, engine: str, actors: int | N
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "COLUMNS": "400"}  # the summary is read back: no wrapped lines
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     peaks: dict[int, tuple[str, float]] = {}
     stop = threading.Event()
 
@@ -186,11 +188,12 @@ def _run(bundle: Path, logs: list[Path], out: Path, engine: str, actors: int | N
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"flexlog score --engine {engine} failed: {err.strip()[-2000:]}")
-    scored = _SCORED.search(err.replace("\n", " "))
+    summary = " ".join(err.split())
+    scored = _SCORED.search(summary)
     if scored is None:
         raise RuntimeError(f"no summary in the output of flexlog score: {err.strip()[-500:]}")
     sequences, read, accepted = map(int, scored.groups())
-    asked = _ASKED.search(err.replace("\n", " "))
+    asked = _ASKED.search(summary)
     driver = peaks.pop(proc.pid, ("", 0.0))[1]
     workers = [rss for name, rss in peaks.values() if name.startswith("ray::")]
     return {
