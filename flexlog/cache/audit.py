@@ -48,6 +48,26 @@ class Edit:
     events: tuple[str, ...]  # the key's events, kept with the correction (to re-create it)
     undoes: int | None = None
 
+    def log_row(self, time: float, actor: str, comment: str | None) -> tuple:
+        """The values a store writes to record this edit (``LOG_ROW_COLUMNS``)."""
+        from .keys import events_json, votes_json
+
+        before, after = self.before, self.after
+        return (
+            self.key,
+            time,
+            actor,
+            self.action,
+            None if before is None else before.label,
+            None if before is None else before.source,
+            None if before is None else votes_json(before.votes),
+            None if after is None else after.label,
+            None if after is None else after.source,
+            comment,
+            self.undoes,
+            events_json(self.events),
+        )
+
     def correction(self, id: int, time: float, actor: str, comment: str | None) -> Correction:
         """The record of this edit, once a store has given it an id."""
         before, after = self.before, self.after
@@ -64,6 +84,13 @@ class Edit:
             comment=comment,
             undoes=self.undoes,
         )
+
+
+#: The columns of a stored correction, in the order of :meth:`Edit.log_row` (both stores).
+LOG_ROW_COLUMNS = (
+    "key, time, actor, action, previous_label, previous_source, previous_votes, new_label, "
+    "new_source, comment, undoes, events"
+)
 
 
 class Logged(NamedTuple):

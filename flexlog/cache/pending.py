@@ -11,6 +11,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 
+from .entries import CacheEntry
 from .store import HUMAN, UNSAVED, Answer
 
 __all__ = ["PendingAnswers"]
@@ -47,8 +48,12 @@ class PendingAnswers:
             held.popitem(last=False)
         return outcomes
 
-    def get(self, key: str) -> Answer | None:
-        return self._answers.get(key)
+    def entry(self, key: str) -> CacheEntry | None:
+        """The held answer of ``key`` as the entry it will be, or None."""
+        held = self._answers.get(key)
+        if held is None:
+            return None
+        return CacheEntry(key, held.events, held.label, "model", held.votes)
 
     def pop(self, key: str) -> None:
         self._answers.pop(key, None)

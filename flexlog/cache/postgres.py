@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from flexlog.data.records import InputError
 
-from .audit import Logged
+from .audit import LOG_ROW_COLUMNS, Logged
 from .entries import CacheEntry, CacheError, Correction
 from .eviction import choose_victims
 from .keys import events_json, intern_events, votes_json
@@ -446,36 +446,16 @@ class PostgresStore:
             current = self._read_entry(conn, key)
             in_db = current is not None
             if current is None:
-                held = self._pending.get(key)
-                if held is not None:
-                    current = CacheEntry(key, held.events, held.label, "model", held.votes)
-                else:
-                    current = memory
+                current = self._pending.entry(key) or memory
             change = decide(current, lambda: self._read_log(conn, key))
             if change is None:
                 return EditResult(None, None)
             now = time.time()
             self._apply(conn, key, change.after, in_db, now)
-            before = change.before
             (correction_id,) = conn.execute(
-                f"INSERT INTO {C} (key, time, actor, action, previous_label, "
-                "previous_source, previous_votes, new_label, new_source, comment, undoes, "
-                "events) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                f"INSERT INTO {C} ({LOG_ROW_COLUMNS}) VALUES ({', '.join(['%s'] * 12)}) "
                 "RETURNING id",
-                (
-                    key,
-                    now,
-                    actor,
-                    change.action,
-                    None if before is None else before.label,
-                    None if before is None else before.source,
-                    None if before is None else votes_json(before.votes),
-                    None if change.after is None else change.after.label,
-                    None if change.after is None else change.after.source,
-                    comment,
-                    change.undoes,
-                    events_json(change.events),
-                ),
+                change.log_row(now, actor, comment),
             ).fetchone()
             correction = change.correction(correction_id, now, actor, comment)
             self._flush_touches(conn)

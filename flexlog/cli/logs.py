@@ -224,6 +224,21 @@ class RawInput:
         return self.text.get(source, {}).get(number, "")
 
 
+def raw_format(args: argparse.Namespace, *, bundle=None) -> tuple[TemplateParser, Partitioning]:
+    """The parser and partitioning raw logs are read with (the bundle's unless the options say
+    otherwise); CliError when sessions are asked of a format that has no session id."""
+    parser = parser_from_args(args, bundle=bundle)
+    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset)
+    if partitioning.mode == "session" and not (
+        partitioning.session_pattern or parser.preset.session_pattern
+    ):
+        raise CliError(
+            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
+            "sliding (with --window), or --session-pattern"
+        )
+    return parser, partitioning
+
+
 def read_raw(
     paths: list[Path],
     args: argparse.Namespace,
@@ -235,15 +250,7 @@ def read_raw(
     """Parse raw log files into sequences the bundle's way (its parser, partitioning and
     templates for alignment) unless the options say otherwise. Every line read ends up in a
     sequence or rejected in ``report``."""
-    parser = parser_from_args(args, bundle=bundle)
-    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset)
-    if partitioning.mode == "session" and not (
-        partitioning.session_pattern or parser.preset.session_pattern
-    ):
-        raise CliError(
-            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
-            "sliding (with --window), or --session-pattern"
-        )
+    parser, partitioning = raw_format(args, bundle=bundle)
     aligner = KeyAligner(bundle.templates if bundle is not None else None)
     sources = [(str(p), list(read_log_lines(p, report))) for p in paths]
     ingested = Ingestor(parser, partitioning, aligner).ingest(sources, report, labels=labels)
@@ -268,6 +275,7 @@ __all__ = [
     "labels_from_args",
     "parser_from_args",
     "partitioning_from_args",
+    "raw_format",
     "read_raw",
     "wants_raw",
 ]

@@ -36,8 +36,7 @@ from flexlog.cli.logs import (
     RawInput,
     add_parser_options,
     add_partition_options,
-    parser_from_args,
-    partitioning_from_args,
+    raw_format,
     read_raw,
     wants_raw,
 )
@@ -241,18 +240,9 @@ def _cmd_score_ray(args: argparse.Namespace) -> int:
 
 
 def _raw_format(args: argparse.Namespace, bundle):
-    """The parser and partitioning raw logs are read with (as :func:`read_raw` chooses them),
-    checked before any work: a session id to group by, the fields time windows read."""
-    parser = parser_from_args(args, bundle=bundle)
-    partitioning = partitioning_from_args(args, bundle=bundle, preset=parser.preset)
-    if partitioning.mode == "session" and not (
-        partitioning.session_pattern or parser.preset.session_pattern
-    ):
-        raise CliError(
-            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
-            "sliding (with --window), or --session-pattern"
-        )
-    # what Ingestor.ingest checks of the format, on no lines (an unfitted parser stays so)
+    """:func:`raw_format`, checked before any work as ``Ingestor.ingest`` checks it (the
+    fields time windows read), on no lines (an unfitted parser stays so)."""
+    parser, partitioning = raw_format(args, bundle=bundle)
     Ingestor(parser, partitioning).ingest([], IngestReport())
     return parser, partitioning
 
@@ -314,15 +304,7 @@ def _cmd_follow(args: argparse.Namespace, bundle) -> int:
     ):
         if count < 1:
             raise CliError(f"{option} must be >= 1, got {count}")
-    parser = parser_from_args(args, bundle=bundle)
-    partitioning = partitioning_from_args(args, bundle=bundle)
-    if partitioning.mode == "session" and not (
-        partitioning.session_pattern or parser.preset.session_pattern
-    ):
-        raise CliError(
-            f"log format {parser.preset.name!r} has no session id: give --partition fixed or "
-            "sliding (with --window), or --session-pattern"
-        )
+    parser, partitioning = raw_format(args, bundle=bundle)
     aligner = KeyAligner(bundle.templates)
     source = "<stdin>" if stdin else str(path)
     out_path = Path(args.out)
