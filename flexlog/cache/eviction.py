@@ -8,10 +8,11 @@ per 10 % of the bound written), so their cost does not fall on every write.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import islice
+from typing import Any
 
-__all__ = ["choose_victims", "excess", "victims_by_recency"]
+__all__ = ["choose_victims", "evict_from_store", "excess", "victims_by_recency"]
 
 
 def excess(count: int, max_entries: int) -> int:
@@ -52,3 +53,47 @@ def victims_by_recency(entries: Iterable[tuple[str, str, float]], max_entries: i
         (key for key, source, _ in listing if source != "human"),
         (key for key, source, _ in listing if source == "human"),
     )
+
+
+def evict_from_store(
+    count: int,
+    max_entries: int,
+    *,
+    stored: Callable[[str], Iterator[str]],
+    recent: Any,
+    held: Collection[str],
+    fresh: Sequence[str],
+    written: Callable[[str, list[str]], Collection[str]],
+) -> list[str]:
+    """The victims of a store on a file or a server, whose recency is in three places.
+
+    Oldest first, per source: the rows ``stored(source)`` yields by ``last_used`` that are
+    not in the in-memory LRU ``recent``; then the LRU's entries (their ``last_used`` is only
+    written when they leave it), least recent first, except answers ``held`` for a write;
+    then ``fresh``, the keys being written, in their order, as far as ``written(source,
+    keys)`` finds them stored with that source. Read lazily, as :func:`choose_victims` asks.
+    """
+    spared = set(fresh)
+    snapshot: list[Any] | None = None
+
+    def by_recency(source: str) -> Iterator[str]:
+        nonlocal snapshot
+        rows = stored(source)
+        try:
+            yield from (key for key in rows if key not in recent and key not in spared)
+        finally:
+            rows.close()
+        if snapshot is None:
+            snapshot = recent.oldest_first()
+        for e in snapshot:
+            if e.source == source and e.key not in held and e.key not in spared:
+                yield e.key
+        found = written(source, list(spared)) if spared else ()
+        yield from (key for key in fresh if key in found)
+
+    model, human = by_recency("model"), by_recency("human")
+    try:
+        return choose_victims(count, max_entries, model, human)
+    finally:
+        model.close()
+        human.close()

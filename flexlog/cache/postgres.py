@@ -36,7 +36,7 @@ from flexlog.data.records import InputError
 
 from .audit import LOG_ROW_COLUMNS, Logged
 from .entries import CacheEntry, CacheError, Correction
-from .eviction import choose_victims
+from .eviction import evict_from_store
 from .keys import events_json, intern_events, votes_json
 from .pending import PendingAnswers
 from .store import (
@@ -540,9 +540,6 @@ class PostgresStore:
         """
         if self._count <= self.max_entries:
             return []
-        spared = set(fresh)
-        pending = self._pending
-        snapshot: list[CacheEntry] | None = None
 
         def stored(source: str) -> Iterator[str]:
             with conn.cursor(name=f"flexlog_evict_{source}") as cursor:
@@ -551,36 +548,24 @@ class PostgresStore:
                     f"SELECT key FROM {E} WHERE source = %s ORDER BY last_used", (source,)
                 )
                 for (key,) in cursor:
-                    if key not in recent and key not in spared:
-                        yield key
+                    yield key
 
-        def in_memory(source: str) -> Iterator[str]:
-            nonlocal snapshot
-            if snapshot is None:
-                snapshot = recent.oldest_first()
-            for e in snapshot:
-                if e.source == source and e.key not in pending and e.key not in spared:
-                    yield e.key
-
-        def newest(source: str) -> Iterator[str]:
+        def written(source: str, keys: list[str]) -> set[str]:
             rows = conn.execute(
                 f"SELECT key FROM {E} WHERE source = %s AND key = ANY(%s::text[])",
-                (source, list(spared)),
+                (source, keys),
             ).fetchall()
-            found = {key for (key,) in rows}
-            yield from (key for key in fresh if key in found)
+            return {key for (key,) in rows}
 
-        def by_recency(source: str) -> Iterator[str]:
-            yield from stored(source)
-            yield from in_memory(source)
-            yield from newest(source)
-
-        model, human = by_recency("model"), by_recency("human")
-        try:
-            victims = choose_victims(self._count, self.max_entries, model, human)
-        finally:
-            model.close()
-            human.close()
+        victims = evict_from_store(
+            self._count,
+            self.max_entries,
+            stored=stored,
+            recent=recent,
+            held=self._pending,
+            fresh=fresh,
+            written=written,
+        )
         removed = conn.execute(f"DELETE FROM {E} WHERE key = ANY(%s::text[])", (victims,)).rowcount
         self._count -= removed
         self._evictions += removed

@@ -32,7 +32,7 @@ from flexlog.data.records import InputError
 
 from .audit import LOG_ROW_COLUMNS, Logged
 from .entries import CacheEntry, CacheError, Correction
-from .eviction import choose_victims
+from .eviction import evict_from_store
 from .keys import events_json, intern_events, votes_json
 from .pending import PendingAnswers
 from .store import (
@@ -649,9 +649,6 @@ class SQLiteStore:
             return [], 0
         self._flush_touches(conn)
         self._count = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-        spared = set(fresh)
-        pending = self._pending
-        snapshot: list[CacheEntry] | None = None
 
         def stored(source: str) -> Iterator[str]:
             cursor = conn.execute(
@@ -659,44 +656,30 @@ class SQLiteStore:
             )
             try:
                 for (key,) in cursor:
-                    if key not in recent and key not in spared:
-                        yield key
+                    yield key
             finally:
                 cursor.close()
 
-        def in_memory(source: str) -> Iterator[str]:
-            nonlocal snapshot
-            if snapshot is None:
-                snapshot = recent.oldest_first()
-            for e in snapshot:
-                if e.source == source and e.key not in pending and e.key not in spared:
-                    yield e.key
-
-        def newest(source: str) -> Iterator[str]:
-            found = [
+        def written(source: str, keys: list[str]) -> set[str]:
+            return {
                 r[0]
-                for chunk in _chunks(list(spared))
+                for chunk in _chunks(keys)
                 for r in conn.execute(
                     f"SELECT key FROM entries WHERE source = ? AND key IN "
                     f"({','.join('?' * len(chunk))})",
                     (source, *chunk),
                 )
-            ]
-            order = {k: i for i, k in enumerate(fresh)}
-            found.sort(key=order.__getitem__)
-            yield from found
+            }
 
-        def by_recency(source: str) -> Iterator[str]:
-            yield from stored(source)
-            yield from in_memory(source)
-            yield from newest(source)
-
-        model, human = by_recency("model"), by_recency("human")
-        try:
-            victims = choose_victims(self._count, self.max_entries, model, human)
-        finally:
-            model.close()
-            human.close()
+        victims = evict_from_store(
+            self._count,
+            self.max_entries,
+            stored=stored,
+            recent=recent,
+            held=self._pending,
+            fresh=fresh,
+            written=written,
+        )
         removed = conn.executemany(
             "DELETE FROM entries WHERE key = ?", [(k,) for k in victims]
         ).rowcount
