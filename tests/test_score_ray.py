@@ -321,3 +321,26 @@ def test_a_three_node_cluster_gives_the_local_records(data, hdfs_local, tmp_path
     for result in results.values():
         assert result["records"] == hdfs_local["out"].read_bytes()
         assert result["rejected"] == hdfs_local["rejected"]
+
+
+def test_ray_workers_answer_corrections_from_a_shared_postgresql_cache(
+    adfa_demo: Path, local_ray, postgres_url: str, tmp_path: Path, capsys
+) -> None:
+    """A correction made elsewhere (here: a cache opened in this process, as a service
+    replica would) is what the Ray actors answer, each through its own connection."""
+    from flexlog.cache import SequenceCache
+
+    test = adfa_demo / "data" / "test.jsonl"
+    first = json.loads(test.read_text().splitlines()[0])
+    out = tmp_path / "plain.jsonl"
+    argv = ["score", "--bundle", str(adfa_demo / "bundle"), "--input", str(test)]
+    assert main([*argv, "--out", str(out), "--engine", "ray", "--cache", postgres_url]) == 0
+    before = json.loads(out.read_text().splitlines()[0])
+    assert before["id"] == first["id"] and before["source"] == "ensemble"
+    with SequenceCache(postgres_url) as replica:
+        replica.update(first["events"], 1 - before["label"], actor="cli:ops")
+    out = tmp_path / "corrected.jsonl"
+    assert main([*argv, "--out", str(out), "--engine", "ray", "--cache", postgres_url]) == 0
+    after = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (after[0]["label"], after[0]["source"]) == (1 - before["label"], "human")
+    assert sum(r["source"] == "cache" for r in after) >= len(after) - 2  # the rest was cached
