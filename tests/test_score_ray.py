@@ -280,7 +280,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_listening(port: int, seconds: float = 60) -> None:
+def _wait_listening(port: int, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
