@@ -70,10 +70,19 @@ class PostgresServer:
             "trust",
             "--no-sync",
         )
+        self.resume()
+        self._run(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, USER
+        )
+        return self
+
+    def resume(self) -> None:
+        """Start the server on its data directory (again)."""
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
         )
+        log = str(self.root / "server.log")
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -81,14 +90,14 @@ class PostgresServer:
             "-o",
             options,
             "-l",
-            str(self.root / "server.log"),
+            log,
             "-w",
             "start",
         )
-        self._run(
-            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, USER
-        )
-        return self
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (``resume`` starts it again)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
 
     def url(self, schema: str | None = None) -> str:
         base = f"postgresql://{USER}@127.0.0.1:{self.port}/{USER}"
@@ -105,7 +114,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+            self.halt("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -158,35 +158,13 @@ def test_a_server_going_away_keeps_answers_and_refuses_edits() -> None:
         url = server.url()
         with SequenceCache(url, memory_entries=10, timeout=1) as c:
             c.add(A, 1)
-            subprocess.run(
-                [
-                    *server._as,
-                    str(server.bindir / "pg_ctl"),
-                    "-D",
-                    str(server.data),
-                    "-m",
-                    "fast",
-                    "stop",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            server.halt()
             c.add_many([(seq(i), 1, None) for i in range(5)])  # held, not lost
             assert c.stats()["unsaved"] == 5 and c.stats()["errors"] >= 1
             assert c.get(seq(3)).label == 1  # answered from memory
             with pytest.raises(CacheError, match="try again"):
                 c.update(A, 0)
-            server._run(
-                str(server.bindir / "pg_ctl"),
-                "-D",
-                str(server.data),
-                "-o",
-                f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1",
-                "-l",
-                str(server.root / "server.log"),
-                "-w",
-                "start",
-            )
+            server.resume()
             c.add(B, 0)  # the connection is reopened; the held answers are written
             assert c.stats()["unsaved"] == 0
             c.update(A, 0)
