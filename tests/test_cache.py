@@ -133,6 +133,32 @@ def test_human_correction_wins_over_later_model_answers(cache: SequenceCache) ->
     assert cache.stats()["human_entries"] == 1
 
 
+def test_corrected_lists_the_human_entries_by_key(cache: SequenceCache) -> None:
+    cache.add_many([(A, 1, VOTES), (B, 1, None), (C, 0, None)])
+    assert cache.corrected() == []
+    cache.update(A, 0, comment="false alarm")
+    cache.update(("E42", "E43"), 1)  # inserted by the correction
+    cache.update(C, 1)
+    cache.undo(C)  # back to the model's answer
+    cache.update(B, 0)
+    cache.delete(B)  # gone: its history stays, but there is no label to learn from
+    cache.add(A, 1)  # a later model answer never replaces a correction
+    expected = [
+        CacheEntry(key_of(A), A, 0, "human", VOTES),
+        CacheEntry(key_of(("E42", "E43")), ("E42", "E43"), 1, "human", {}),
+    ]
+    assert cache.corrected() == sorted(expected, key=lambda e: e.key)
+    assert len(cache) == 3  # the model answer of C is not listed
+
+
+def test_corrected_sees_corrections_made_through_another_instance(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path) as reader, SequenceCache(path) as writer:
+        reader.add(A, 1)
+        writer.update(A, 0, actor="cli:bob")
+        assert [(e.key, e.label) for e in reader.corrected()] == [(key_of(A), 0)]
+
+
 def test_human_correction_wins_when_not_in_memory(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     with SequenceCache(path, memory_entries=1) as c:
@@ -172,6 +198,41 @@ def test_clear_len_and_close(cache: SequenceCache) -> None:
     assert cache.closed
     with pytest.raises(CacheError, match="closed"):
         cache.get(A)
+
+
+def test_drop_model_answers_keeps_human_corrections(cache: SequenceCache) -> None:
+    cache.add_many([(A, 1, VOTES), (B, 0, None), (C, 1, None)])
+    cache.update(B, 1, comment="a real attack")
+    cache.update(("E42",), 0)  # inserted by the correction
+    assert cache.drop_model_answers() == 2
+    assert cache.get(A) is None and cache.get(C) is None  # neither memory nor store
+    assert (cache.get(B).label, cache.get(B).source) == (1, "human")
+    assert cache.get(("E42",)).source == "human"
+    assert len(cache) == 2 and cache.stats()["human_entries"] == 2
+    assert [h.comment for h in cache.history(B)] == ["a real attack"]
+    assert cache.drop_model_answers() == 0
+    cache.add(A, 0)  # answers of the new model are kept again
+    assert cache.get(A).label == 0 and len(cache) == 3
+
+
+def test_drop_model_answers_drops_answers_held_for_a_retry(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with SequenceCache(path, timeout=0.05) as c:
+        c.add(A, 1)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            c.add_many([(A, 0, None), (B, 1, None)])  # held: the file is locked
+            assert c.stats()["unsaved"] == 2
+            with pytest.raises(CacheError, match="drop the model answers"):
+                c.drop_model_answers()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert c.drop_model_answers() == 2  # A (stored and held) once, B (held)
+        assert c.stats()["unsaved"] == 0 and c.get(A) is None and c.get(B) is None
+    with SequenceCache(path) as c:
+        assert len(c) == 0
 
 
 # ---------------------------------------------------------------- persistence

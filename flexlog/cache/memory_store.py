@@ -77,6 +77,9 @@ class MemoryStore:
     def history(self, key: str) -> list[Correction]:
         return [item.correction for item in self._log.get(key, ())]
 
+    def corrected(self) -> list[CacheEntry]:
+        return sorted((e for e in self._entries.values() if e.is_human), key=lambda e: e.key)
+
     def changes(self, since: Any) -> Changes:
         return Changes(None, [])  # only this process changes it, through the cache
 
@@ -91,6 +94,12 @@ class MemoryStore:
         self._entries.clear()
         self._humans = 0
         self._log.clear()  # ids keep increasing: an id is never reused
+
+    def drop_model_answers(self) -> int:
+        models = [key for key, entry in self._entries.items() if not entry.is_human]
+        for key in models:
+            del self._entries[key]  # the human count is unchanged
+        return len(models)
 
     def stats(self) -> dict[str, Any]:
         n = len(self._entries)

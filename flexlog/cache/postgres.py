@@ -306,6 +306,23 @@ class PostgresStore:
         except self._psycopg.Error as exc:
             raise self._failure(exc) from exc
 
+    def corrected(self) -> list[CacheEntry]:
+        try:
+            rows = (
+                self._live()
+                .execute(
+                    f"SELECT key, events, label, votes FROM {E} WHERE source = 'human' "
+                    'ORDER BY key COLLATE "C"'
+                )
+                .fetchall()
+            )
+        except self._psycopg.Error as exc:
+            raise self._failure(exc) from exc
+        return [
+            CacheEntry(key, intern_events(json.loads(events)), label, "human", json.loads(votes))
+            for key, events, label, votes in rows
+        ]
+
     @staticmethod
     def _read_log(conn: Any, key: str) -> list[Logged]:
         rows = conn.execute(
@@ -529,6 +546,27 @@ class PostgresStore:
             raise self._failure(exc) from exc
         self._pending.clear()
         self._touched.clear()
+
+    def drop_model_answers(self) -> int:
+        if self.read_only:
+            raise CacheError("cache opened read-only")
+        held = sorted(self._pending.snapshot())
+
+        def work(conn: Any) -> int:
+            stored = conn.execute(
+                f"SELECT key FROM {E} WHERE key = ANY(%s::text[])", (held,)
+            ).fetchall()
+            removed = conn.execute(f"DELETE FROM {E} WHERE source = 'model'").rowcount
+            self._count -= removed
+            known = {key for (key,) in stored}
+            return removed + sum(1 for key in held if key not in known)
+
+        try:
+            dropped = self._write(work)
+        except self._psycopg.Error as exc:
+            raise self._failure(exc) from exc
+        self._pending.clear()  # held answers are model answers too
+        return dropped
 
     # ------------------------------------------------------------------ eviction, recency
 

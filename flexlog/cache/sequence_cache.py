@@ -4,7 +4,8 @@ FlexLog answers a sequence of template keys by majority vote of several models; 
 sequences repeat, so their answers are kept here, keyed by the template-id tuple. A human
 correction (:meth:`SequenceCache.update`) is stored with ``source="human"`` and is never
 overwritten by a later model answer; every correction is recorded, can be read back
-(:meth:`~SequenceCache.history`) and undone (:meth:`~SequenceCache.undo`).
+(:meth:`~SequenceCache.history`) and undone (:meth:`~SequenceCache.undo`); the corrected
+entries are listed by :meth:`~SequenceCache.corrected` (to retrain a model on them).
 
 :class:`SequenceCache` is a thin facade: an in-memory LRU (:mod:`flexlog.cache.memory`) in
 front of a store (:mod:`flexlog.cache.store`):
@@ -29,8 +30,9 @@ The database is never allowed to break the hot path: when it is locked by anothe
 not writable, :meth:`~SequenceCache.add_many` keeps the answers in memory (and retries
 writing them on the next call), :meth:`~SequenceCache.get_many` answers from memory only,
 and both count the failure in ``stats()["errors"]`` and log a warning on the
-``flexlog.cache`` logger. Explicit edits (``update``, ``delete``, ``undo``, ``clear``) and
-``history`` raise :class:`CacheError` instead, so a human correction is never lost silently.
+``flexlog.cache`` logger. Explicit edits (``update``, ``delete``, ``undo``, ``clear``),
+``history`` and ``corrected`` raise :class:`CacheError` instead, so a human correction is
+never lost silently.
 The cache raises no other error of its own (no ``sqlite3.Error``); bad arguments raise
 ValueError, TypeError or KeyError.
 
@@ -299,6 +301,18 @@ class SequenceCache:
             except CacheError as exc:
                 raise self._refused("read the history", exc) from exc
 
+    def corrected(self) -> list[CacheEntry]:
+        """The entries a human corrected (``source="human"``), ordered by key, as the store
+        holds them now (corrections made through other processes included): what
+        ``flexlog retrain`` learns from. Deleted or evicted corrections are not entries any
+        more; their history stays. Raises CacheError when the store cannot be read."""
+        with self._lock:
+            self._check_open()
+            try:
+                return self._store.corrected()
+            except CacheError as exc:
+                raise self._refused("list the corrections", exc) from exc
+
     # ------------------------------------------------------------------ writes
 
     def add(self, events: Sequence[str], label: int, votes: dict[str, int] | None = None) -> None:
@@ -433,6 +447,23 @@ class SequenceCache:
                 raise self._refused("clear", exc) from exc
             self._lru.clear()
             self._known_entries = 0
+
+    def drop_model_answers(self) -> int:
+        """Remove every model answer (memory and database, answers held for a retry
+        included), keeping the human corrections and their history: for a new model, whose
+        answers the old one's must not stand in for. The number of answers removed. Other
+        processes sharing the database keep what their LRUs hold. Raises CacheError when the
+        store cannot be written."""
+        with self._lock:
+            self._check_open()
+            try:
+                dropped = self._store.drop_model_answers()
+            except CacheError as exc:
+                raise self._refused("drop the model answers", exc) from exc
+            for entry in self._lru.drain():  # oldest first: the humans keep their order
+                if entry.is_human:
+                    self._lru.put(entry)
+            return dropped
 
     # ------------------------------------------------------------------ introspection
 

@@ -386,6 +386,23 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _failure(exc) from exc
 
+    def corrected(self) -> list[CacheEntry]:
+        try:
+            rows = (
+                self._live()
+                .execute(
+                    "SELECT key, events, label, votes FROM entries WHERE source = 'human' "
+                    "ORDER BY key"
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise _failure(exc) from exc
+        return [
+            CacheEntry(key, intern_events(json.loads(events)), label, "human", json.loads(votes))
+            for key, events, label, votes in rows
+        ]
+
     @staticmethod
     def _read_log(conn: sqlite3.Connection, key: str) -> list[Logged]:
         rows = conn.execute(
@@ -633,6 +650,29 @@ class SQLiteStore:
         self._pending.clear()
         self._touched.clear()
         self._count = 0
+
+    def drop_model_answers(self) -> int:
+        if self.read_only:
+            raise CacheError("cache opened read-only")
+        conn = self._live()
+        held = list(self._pending.snapshot())
+        count_before = self._count
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                stored = self._sources(conn, held)
+                removed = conn.execute("DELETE FROM entries WHERE source = 'model'").rowcount
+                self._count = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._count = count_before
+                raise
+        except sqlite3.Error as exc:
+            raise _failure(exc) from exc
+        self._pending.clear()  # held answers are model answers too
+        return removed + sum(1 for key in held if key not in stored)
 
     # ------------------------------------------------------------------ eviction, recency
 

@@ -2,7 +2,7 @@
 
 A store keeps the entries of one cache (model answers and human corrections) within a bound,
 evicting by :mod:`flexlog.cache.eviction`, and the audit trail of corrections, applying the
-edits planned by :mod:`flexlog.cache.audit`. Two implement it: :class:`MemoryStore` (this
+edits planned by :mod:`flexlog.cache.audit`. Three implement it: :class:`MemoryStore` (this
 process's memory), :class:`SQLiteStore` (a file) and :class:`PostgresStore` (a server several
 processes and machines share).
 
@@ -168,6 +168,11 @@ class Store(Protocol):
         """The corrections recorded for ``key``, oldest first ([] if none)."""
         ...
 
+    def corrected(self) -> list[CacheEntry]:
+        """The stored entries that a human corrected (``source == "human"``), ordered by key:
+        what a retraining learns from. Raises CacheError when the storage cannot be read."""
+        ...
+
     def changes(self, since: Any) -> Changes:
         """The keys corrected by anyone since the mark ``since`` (None: none, just the mark
         to start from). Raises CacheError when the storage cannot be read."""
@@ -183,6 +188,12 @@ class Store(Protocol):
 
     def clear(self) -> None:
         """Remove every entry and the history of corrections."""
+        ...
+
+    def drop_model_answers(self) -> int:
+        """Remove every model answer, stored or held for a retry, in one transaction; human
+        corrections and the history of corrections stay. The number of answers removed.
+        Other processes sharing the store are not told (their LRUs keep their copies)."""
         ...
 
     def stats(self) -> dict[str, Any]:
