@@ -21,6 +21,7 @@ from flexlog.cli import (
     experiment,
     parse,
     report,
+    retrain,
     score,
     train,
     voters,
@@ -34,6 +35,7 @@ __all__ = ["COMMANDS_GROUP", "DATASETS", "CliError", "build_parser", "err", "mai
 BUILTIN_COMMANDS = (
     dataset,
     train,
+    retrain,
     score,
     evaluate,
     cache,

@@ -111,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             trained.manifest["ingestion"] = {"partitioning": raw.partitioning.to_json()}
         held_out, _, _ = _read_labelled(Path(args.eval), args, bundle=trained)
         metrics = _evaluate(detector, held_out)["scores"]
+        # `flexlog retrain` compares old and new bundles on the same held-out set
+        data["eval"] = {"path": str(args.eval), "sha256": sha256_file(Path(args.eval))}
     path = save_bundle(
         detector,
         args.out,
