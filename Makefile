@@ -14,7 +14,7 @@ DATA   ?= $(DEMO)/data/limited_train.jsonl
 FINETUNE_OUT ?= runs/finetune-$(RECIPE)
 BUNDLE ?= $(FINETUNE_OUT)/bundle
 
-.PHONY: install install-llm postgres-server demo test lint format bench experiments experiments-seq experiments-llm report finetune serve clean
+.PHONY: install install-llm postgres-server chromium demo test lint format bench experiments experiments-seq experiments-llm report finetune serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +58,13 @@ postgres-server:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
-test: lint $(LLM_STAMP) postgres-server
+## The review page's browser tests: Debian's chromium (Playwright cannot download its own).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: lint $(LLM_STAMP) postgres-server chromium
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -6,7 +6,11 @@ with uvicorn. Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``anomalous``), ``POST /v1/detect`` (native batch), ``GET|PUT|DELETE /v1/cache/{key}``,
 ``GET /v1/cache/{key}/history``, ``POST /v1/cache/{key}/undo`` and ``GET /v1/cache/stats``
 (audited human corrections, see :mod:`flexlog.serve.auth` for the roles), ``GET /healthz``,
-``GET /readyz`` and ``GET /metrics``.
+``GET /readyz`` and ``GET /metrics``; the review page ``/review`` (:mod:`flexlog.serve.review`),
+which shows the answers recorded in the verdict log (:mod:`flexlog.serve.verdicts`);
+``POST /v1/admin/reload`` (admin key; SIGHUP does the same): serve the bundle at the
+configured ``--bundle`` path loaded again, e.g. after pointing a symlink at a retrained one,
+without dropping a request (:meth:`Service.reload`).
 
 Every error is an OpenAI error object with a 4xx status for anything a client sent (5xx only
 for the service's own faults, never with a stack trace), and the connection stays usable.
@@ -33,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,10 +49,11 @@ from flexlog.data.records import MAX_EVENTS, LogSequence, is_unicode, parse_reco
 from flexlog.detector import Verdict
 from flexlog.ingest import SourceLines
 
-from .auth import Caller, KeyRing, Role
-from .content import ContentError, ParseTimeout, all_keys, is_key
+from .auth import Caller, KeyRing, Role, Sessions
+from .content import ContentError, ParseTimeout, all_keys, is_key, split_items
 from .errors import APIError
 from .metrics import CONTENT_TYPE
+from .review import STATIC, review_router
 from .schemas import (
     CACHE_KEY_PATTERN,
     MAX_COMMENT,
@@ -80,10 +86,12 @@ from .schemas import (
     ModelCard,
     ModelList,
     RejectedLine,
+    ReloadResponse,
     Usage,
 )
 from .service import Service
 from .settings import Settings
+from .verdicts import Recorded, VerdictLog
 
 logger = logging.getLogger("flexlog.serve")
 
@@ -133,6 +141,15 @@ def create_app(bundle: str | Path, settings: Settings | None = None) -> FastAPI:
     service = Service.load(bundle, settings)
     keys = KeyRing(settings.api_keys, settings.admin_api_keys)
     protect_ops = keys.required and not settings.public_metrics
+    verdicts = None
+    if settings.verdict_log != "off":
+        try:
+            verdicts = VerdictLog(
+                settings.verdict_log_location(Path(bundle)), keep=settings.review_keep
+            )
+        except ValueError:
+            service.close()
+            raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,6 +158,8 @@ def create_app(bundle: str | Path, settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await run_in_threadpool(service.close)
+            if verdicts is not None:
+                await run_in_threadpool(verdicts.close)
 
     app = FastAPI(
         title="flexlog",
@@ -154,15 +173,22 @@ def create_app(bundle: str | Path, settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.verdicts = verdicts
     _install_errors(app)
+    app.add_middleware(HoldBundle, service=service)  # inside BodyLimit: bodies are in
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout
     )
     app.add_middleware(RequestMetrics, service=service)
     app.add_middleware(ContainErrors)
-    app.include_router(_api_router(service, settings, keys))
+    app.include_router(_api_router(service, settings, keys, verdicts))
+    app.include_router(
+        review_router(service, settings, keys, verdicts, Sessions(settings.session_ttl))
+    )
+    app.mount("/review/static", StaticFiles(directory=STATIC), name="review-static")
     ops = [Depends(keys.dependency(Role.READ))] if protect_ops else []
     app.include_router(_ops_router(service, ops))
+    app.include_router(_admin_router(service, keys))
     if protect_ops:
         _protected_docs(app, ops)
     return app
@@ -371,7 +397,9 @@ class RequestMetrics:
 
 
 # -- the OpenAI-compatible and native API ------------------------------------------------------
-def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRouter:
+def _api_router(
+    service: Service, settings: Settings, keys: KeyRing, verdicts: VerdictLog | None
+) -> APIRouter:
     router = APIRouter(
         prefix="/v1",
         dependencies=[Depends(keys.dependency(Role.READ))],
@@ -425,6 +453,8 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
         (seq,) = await read_sequences([_user_text(body.messages)], [completion_id], fmt, "messages")
         (verdict,) = await service.answer([seq], voter)
         info = _info(seq, verdict, start)
+        if verdicts is not None:
+            verdicts.record([_recorded(seq, verdict, body.model, _user_text(body.messages))])
         created = int(time.time())
         usage = Usage(prompt_tokens=info.events, completion_tokens=1, total_tokens=info.events + 1)
         common = {"id": completion_id, "created": created, "model": body.model}
@@ -472,8 +502,15 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
         ids = [f"{completion_id}-{i}" for i in range(len(prompts))]
         fmt = body.flexlog.format if body.flexlog else None
         seqs = await read_sequences(prompts, ids, fmt, "prompt")
-        verdicts = await service.answer(seqs, voter)
-        infos = [_info(s, v, start) for s, v in zip(seqs, verdicts, strict=True)]
+        answers = await service.answer(seqs, voter)
+        infos = [_info(s, v, start) for s, v in zip(seqs, answers, strict=True)]
+        if verdicts is not None:
+            verdicts.record(
+                [
+                    _recorded(s, v, body.model, p)
+                    for s, v, p in zip(seqs, answers, prompts, strict=True)
+                ]
+            )
         events = sum(i.events for i in infos)
         usage = Usage(
             prompt_tokens=events,
@@ -487,7 +524,7 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
             "system_fingerprint": service.fingerprint,
         }
         choices = [
-            CompletionChoice(index=i, text=v.verdict) for i, v in enumerate(verdicts, start=0)
+            CompletionChoice(index=i, text=v.verdict) for i, v in enumerate(answers, start=0)
         ]
         if not body.stream:
             return Completion(**common, choices=choices, usage=usage, flexlog=infos)
@@ -566,13 +603,13 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
             if flagged
             else [None] * len(answers)
         )
-        verdicts = iter(answers)
+        found = iter(answers)
         results: list[DetectVerdict | DetectError] = []
         for i, seq in enumerate(seqs):
             if seq is None:
                 results.append(errors[i])
                 continue
-            v, ev = next(verdicts), next(evidence)
+            v, ev = next(found), next(evidence)
             origin = origins[i] if origins is not None else None
             results.append(
                 DetectVerdict(
@@ -591,6 +628,8 @@ def _api_router(service: Service, settings: Settings, keys: KeyRing) -> APIRoute
                 )
             )
         answered = [r for r in results if isinstance(r, DetectVerdict)]
+        if verdicts is not None:
+            verdicts.record(_detected(good, answered, body.lines, origins, body.model or ensemble))
         counts = DetectCounts(
             sequences=len(results),
             answered=len(answered),
@@ -712,6 +751,75 @@ def _ops_router(service: Service, dependencies: list) -> APIRouter:
     return router
 
 
+# -- reloading the bundle ----------------------------------------------------------------------
+class HoldBundle:
+    """Each request holds the bundle it started with until it is answered
+    (:meth:`Service.serving`), so a reload swaps bundles between requests; the reload itself
+    and the probes and metrics hold nothing."""
+
+    EXEMPT = ("/v1/admin/", "/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        async with self.service.serving():
+            await self.app(scope, receive, send)
+
+
+def _admin_router(service: Service, keys: KeyRing) -> APIRouter:
+    """Operations on the running service, for admin keys only (refused without one)."""
+    router = APIRouter(
+        prefix="/v1/admin",
+        dependencies=[Depends(keys.dependency(Role.ADMIN))],
+        responses=_ERRORS,
+        route_class=StrictJSONRoute,
+        tags=["admin"],
+    )
+
+    @router.post(
+        "/reload",
+        response_model=ReloadResponse,
+        responses={
+            409: {
+                "model": ErrorResponse,
+                "description": "Not reloaded, the previous bundle still serves: the bundle "
+                "cannot be loaded (reload_failed), another reload is running "
+                "(reload_in_progress), requests did not finish (reload_busy), or --vllm "
+                "serves another model (restart_required)",
+            }
+        },
+    )
+    async def reload(request: Request) -> ReloadResponse:
+        """Load the bundle at the configured ``--bundle`` path again (a symlink is followed
+        anew) and serve it: requests in flight finish on the previous bundle, none is
+        dropped, and the previous model's cached answers are forgotten (human corrections
+        stay). Takes no body: which bundle is the server's configuration, never the
+        client's. Needs an admin key."""
+        if (await request.body()).strip() not in (b"", b"{}"):
+            raise APIError(
+                400,
+                "The reload takes no body: it loads the bundle flexlog serve --bundle names",
+                code="invalid_request",
+            )
+        result = await run_in_threadpool(service.reload)
+        return ReloadResponse(
+            created=int(time.time()),
+            previous_fingerprint=result.previous,
+            system_fingerprint=result.fingerprint,
+            changed=result.changed,
+            voters=list(result.voters),
+            dropped_cache_answers=result.dropped,
+            duration_ms=round(result.seconds * 1000.0, 3),
+        )
+
+    return router
+
+
 # -- helpers -----------------------------------------------------------------------------------
 def _user_text(messages: list[ChatMessage]) -> str:
     """The text of the last user message."""
@@ -802,6 +910,58 @@ def _info(seq: LogSequence, verdict: Verdict, start: float) -> FlexlogInfo:
         events=len(seq.events),
         latency_ms=_ms(start),
     )
+
+
+def _recorded(seq: LogSequence, verdict: Verdict, model: str, prompt: str) -> Recorded:
+    """A chat or completion answer for the verdict log, with the prompt's raw lines."""
+    try:
+        items = split_items(prompt)
+    except ContentError:
+        items = []
+    raw = [(n, item.text) for n, item in enumerate(items, start=1) if item.raw]
+    return Recorded(
+        key=key_of(seq.events),
+        seq_id=seq.id,
+        model=model,
+        label=verdict.label,
+        source=verdict.source,
+        votes=verdict.votes,
+        events=seq.events,
+        not_asked=verdict.not_asked,
+        abstained=verdict.abstained,
+        lines=raw or None,
+    )
+
+
+def _detected(
+    seqs: list[LogSequence],
+    results: list[DetectVerdict],
+    lines: list[str] | None,
+    origins: list[SourceLines] | None,
+    model: str,
+) -> list[Recorded]:
+    """The answers of a detect request for the verdict log (with their raw lines)."""
+    recorded = []
+    for seq, r in zip(seqs, results, strict=True):
+        raw = None
+        if lines is not None and origins is not None:
+            raw = [(n, lines[n - 1]) for n in origins[r.index].lines[:200]]
+        recorded.append(
+            Recorded(
+                key=r.key,
+                seq_id=seq.id,
+                model=model,
+                label=int(r.label == "anomalous"),
+                source=r.source,
+                votes=r.votes,
+                events=seq.events,
+                not_asked=r.not_asked,
+                abstained=r.abstained,
+                lines=raw,
+                evidence=r.evidence,
+            )
+        )
+    return recorded
 
 
 def _entry(entry: Any) -> CacheEntryOut:

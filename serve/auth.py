@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -81,14 +84,16 @@ class KeyRing:
             if role is Role.ADMIN and not self.has_admin:
                 raise APIError(
                     403,
-                    "Cache corrections over HTTP need an admin key; start flexlog serve with "
+                    "Cache corrections and reloads over HTTP need an admin key; start flexlog serve with "
                     "--admin-api-key or $FLEXLOG_ADMIN_API_KEYS (or use `flexlog cache` on the "
                     "bundle's database)",
                     code="admin_key_required",
                 )
             if caller.role < role:
                 raise APIError(
-                    403, "This key may not correct the cache; use an admin key", code="forbidden"
+                    403,
+                    "This key may not correct the cache or reload; use an admin key",
+                    code="forbidden",
                 )
             request.state.caller = caller
             return caller
@@ -107,3 +112,56 @@ class KeyRing:
                 401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
             )
         return caller
+
+
+@dataclass(slots=True)
+class Session:
+    """A signed-in browser: who it is, the token its forms must carry (CSRF), when it ends,
+    and a message to show once on the next page."""
+
+    caller: Caller
+    csrf: str
+    expires: float
+    flash: str | None = None
+
+
+class Sessions:
+    """Browser sessions of the review page, kept in this process (a restart signs everyone
+    out). The cookie holds only a random id; at most ``max_sessions`` live at once, the
+    oldest signed out first."""
+
+    COOKIE = "flexlog_session"
+
+    def __init__(self, ttl: float = 8 * 3600.0, max_sessions: int = 10_000):
+        self.ttl = ttl
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def create(self, caller: Caller) -> tuple[str, Session]:
+        """A new session for ``caller`` and the id its cookie carries."""
+        token = secrets.token_urlsafe(32)
+        session = Session(caller, secrets.token_urlsafe(32), time.monotonic() + self.ttl)
+        with self._lock:
+            while len(self._sessions) >= self.max_sessions:
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[token] = session
+        return token, session
+
+    def get(self, token: str | None) -> Session | None:
+        """The live session of a cookie value, or None."""
+        if not token or len(token) > 128:
+            return None
+        with self._lock:
+            session = self._sessions.get(token)
+            if session is not None and session.expires < time.monotonic():
+                del self._sessions[token]
+                return None
+            return session
+
+    def end(self, token: str | None) -> None:
+        with self._lock:
+            self._sessions.pop(token or "", None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)

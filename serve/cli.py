@@ -38,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "serve", help="serve a bundle over an OpenAI-compatible HTTP API (FastAPI + uvicorn)"
     )
-    s.add_argument("--bundle", required=True, help="bundle directory from flexlog train")
+    s.add_argument(
+        "--bundle",
+        required=True,
+        help="bundle directory from flexlog train; loaded again from this path (which may be "
+        "a symlink to repoint) on SIGHUP or POST /v1/admin/reload",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
@@ -67,6 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="bundle",
         help="'bundle' (BUNDLE/cache.sqlite, default), 'memory', 'off', a database path, or a "
         "postgresql:// URL (a cache several replicas share)",
+    )
+    s.add_argument(
+        "--verdict-log",
+        default="bundle",
+        help="where the review page (/review) keeps recent verdicts: 'bundle' "
+        "(BUNDLE/verdicts.sqlite, default), 'memory', 'off', or a database path",
+    )
+    s.add_argument(
+        "--review-keep", type=int, default=10_000, help="verdicts kept for review (default 10000)"
     )
     s.add_argument("--model-name", default="flexlog", help="model id of the ensemble")
     s.add_argument("--llm-base-url", help="point the bundle's LLM voter at this server")
@@ -186,6 +200,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             public_metrics=args.public_metrics,
             log_preset=_log_preset(args),
             cache=args.cache,
+            verdict_log=args.verdict_log,
+            review_keep=args.review_keep,
             model_name=args.model_name,
             llm_base_url=args.llm_base_url,
             llm_timeout=args.llm_timeout,

@@ -2,8 +2,9 @@
 apps in one process, e.g. in tests, do not collide).
 
 Counted as events happen: HTTP requests and their latency, answers by source, votes, degraded
-answers, micro-batches. Read from the detector and the cache at scrape time: voter errors
-(the LLM backend's failures), voter availability, cache errors and size.
+answers, micro-batches, bundle reloads. Read from the detector and the cache at scrape time:
+voter errors (the LLM backend's failures), voter availability, cache errors and size (after a
+reload, the detector's counters start again from zero).
 """
 
 from __future__ import annotations
@@ -136,6 +137,14 @@ class Metrics:
         )
         self.errors = Counter(
             "flexlog_errors", "Error answers by type", ["type", "code"], registry=r
+        )
+        self.reloads = Counter(
+            "flexlog_bundle_reloads",
+            "Bundle reloads (POST /v1/admin/reload, SIGHUP) by outcome: changed, unchanged "
+            "(same fingerprint), failed (the previous bundle still serves), busy (another "
+            "reload was running)",
+            ["outcome"],
+            registry=r,
         )
         r.register(_DetectorCollector(detector))
 

@@ -1,5 +1,5 @@
-"""Running the app with uvicorn: in the foreground (``flexlog serve``) or in a background
-thread on a loopback port (tests, benchmarks).
+"""Running the app with uvicorn: in the foreground (``flexlog serve``, where SIGHUP reloads
+the bundle) or in a background thread on a loopback port (tests, benchmarks).
 
 Limits on slow and many clients (see the README's "Running behind a reverse proxy"):
 
@@ -15,15 +15,25 @@ Limits on slow and many clients (see the README's "Running behind a reverse prox
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from .errors import APIError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .service import Service
+
+logger = logging.getLogger("flexlog.serve")
 
 
 class HeaderDeadline:
@@ -93,8 +103,44 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
 
 
 def serve_forever(app: FastAPI, settings: Settings) -> None:
-    """Run until interrupted (SIGINT/SIGTERM shut it down gracefully)."""
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    """Run until interrupted (SIGINT/SIGTERM shut it down gracefully); SIGHUP reloads the
+    app's bundle (:meth:`Service.reload`) where the platform has it."""
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    with reload_on_hangup(getattr(app.state, "service", None)):
+        server.run()
+
+
+@contextlib.contextmanager
+def reload_on_hangup(service: Service | None) -> Iterator[None]:
+    """Inside the block, SIGHUP reloads ``service``'s bundle in a thread of its own (reloads
+    run one after another); a failed one is logged and the bundle serving stays. Installs
+    nothing without a service, without SIGHUP, or outside the main thread."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if (
+        service is None
+        or hangup is None
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def reload() -> None:
+        logger.info("SIGHUP: reloading the bundle at %s", service.path)
+        try:
+            service.reload(wait=True)
+        except APIError:
+            pass  # logged by the service
+        except Exception:
+            logger.exception("the reload on SIGHUP failed; the bundle serving stays")
+
+    def handle(signum: int, frame: object) -> None:
+        threading.Thread(target=reload, name="flexlog-reload", daemon=True).start()
+
+    previous = signal.signal(hangup, handle)
+    try:
+        yield
+    finally:
+        signal.signal(hangup, previous)
 
 
 class BackgroundServer:

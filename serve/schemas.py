@@ -358,3 +358,20 @@ class CacheDeleted(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- admin -----------------------------------------------------------------------------------
+class ReloadResponse(BaseModel):
+    """What ``POST /v1/admin/reload`` did: the bundle at the configured path, loaded again,
+    serves now (unless it was the same bundle)."""
+
+    object: Literal["flexlog.reload"] = "flexlog.reload"
+    created: int = Field(description="when the reload finished, seconds since the epoch")
+    previous_fingerprint: str = Field(description="system_fingerprint of the bundle before")
+    system_fingerprint: str = Field(description="system_fingerprint of the bundle serving now")
+    changed: bool = Field(description="another bundle serves now (the fingerprint changed)")
+    voters: list[str] = Field(description="the voters of the ensemble serving now")
+    dropped_cache_answers: int = Field(
+        description="the previous model's cached answers forgotten (human corrections stay)"
+    )
+    duration_ms: float = Field(description="time the reload took, loading included")

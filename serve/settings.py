@@ -70,6 +70,13 @@ class Settings(BaseModel):
     llm_timeout: float | None = Field(None, gt=0, description="LLM request timeout, seconds")
     vllm: str | None = Field(None, description="start vLLM: 'cpu', 'gpu' or a launch config")
     vllm_log: Path | None = Field(None, description="where the vLLM server's output goes")
+    verdict_log: str = Field(
+        "bundle",
+        description="where the review page's recent verdicts live: 'bundle' "
+        "(BUNDLE/verdicts.sqlite), 'memory', 'off' or a path",
+    )
+    review_keep: int = Field(10_000, ge=1, description="verdicts the review page keeps")
+    session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a review-page sign-in lasts")
     log_level: str = "info"
     log_preset: dict | None = Field(
         None,
@@ -98,6 +105,13 @@ class Settings(BaseModel):
             raise ValueError("cache must be 'bundle', 'memory', 'off' or a path")
         return value
 
+    @field_validator("verdict_log")
+    @classmethod
+    def _verdict_log_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("verdict_log must be 'bundle', 'memory', 'off' or a path")
+        return value
+
     @model_validator(mode="after")
     def _one_llm_server(self) -> Settings:
         if self.vllm and self.llm_base_url:
@@ -112,6 +126,14 @@ class Settings(BaseModel):
         if self.cache == "bundle":
             return bundle / "cache.sqlite"
         return self.cache if is_postgres_url(self.cache) else Path(self.cache)
+
+    def verdict_log_location(self, bundle: Path) -> Path | None:
+        """The verdict log's file, or None for one in memory (``off``: check first)."""
+        if self.verdict_log in ("memory", "off"):
+            return None
+        if self.verdict_log == "bundle":
+            return bundle / "verdicts.sqlite"
+        return Path(self.verdict_log)
 
 
 def api_keys_from_env(
