@@ -145,7 +145,9 @@ def create_app(bundle: str | Path, settings: Settings | None = None) -> FastAPI:
     if settings.verdict_log != "off":
         try:
             verdicts = VerdictLog(
-                settings.verdict_log_location(Path(bundle)), keep=settings.review_keep
+                settings.verdict_log_location(Path(bundle)),
+                keep=settings.review_keep,
+                rate=settings.review_rate,
             )
         except ValueError:
             service.close()

@@ -82,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--review-keep", type=int, default=10_000, help="verdicts kept for review (default 10000)"
     )
+    s.add_argument(
+        "--review-rate",
+        type=float,
+        default=500.0,
+        help="verdicts a second kept for review, anomalous and human ones first (default 500)",
+    )
     s.add_argument("--model-name", default="flexlog", help="model id of the ensemble")
     s.add_argument("--llm-base-url", help="point the bundle's LLM voter at this server")
     s.add_argument("--llm-timeout", type=float, help="LLM request timeout, seconds")
@@ -202,6 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cache=args.cache,
             verdict_log=args.verdict_log,
             review_keep=args.review_keep,
+            review_rate=args.review_rate,
             model_name=args.model_name,
             llm_base_url=args.llm_base_url,
             llm_timeout=args.llm_timeout,

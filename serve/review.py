@@ -190,6 +190,9 @@ def review_router(
                 "sources": SOURCES,
                 "windows": list(WINDOWS),
                 "when": _when,
+                "skipped": log().skipped,
+                "dropped": log().dropped,
+                "rate": log().rate,
             },
             session=session,
         )
@@ -453,7 +456,8 @@ def _correct(
                 events=list(entry.events),
                 time=time.time(),
             )
-        ]
+        ],
+        always=True,
     )
     log.flush()
     return entry

@@ -76,6 +76,9 @@ class Settings(BaseModel):
         "(BUNDLE/verdicts.sqlite), 'memory', 'off' or a path",
     )
     review_keep: int = Field(10_000, ge=1, description="verdicts the review page keeps")
+    review_rate: float = Field(
+        500.0, gt=0, description="verdicts a second the review page keeps (anomalous first)"
+    )
     session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a review-page sign-in lasts")
     log_level: str = "info"
     log_preset: dict | None = Field(

@@ -8,6 +8,10 @@ survives a restart when it lives in a file.
 Answers are queued by the request path and written by one background thread in batches, so
 recording costs a request no disk write; past ``max_pending`` queued verdicts new ones are
 dropped and counted rather than held (the review log must never slow or stall detection).
+At most ``rate`` verdicts a second are kept (bursts of twice that): nobody reviews thousands
+of verdicts a second, and writing them all would cost a busy service a fifth of its rate. Over
+the budget, anomalous and human verdicts are kept before normal ones; the rest are counted
+(``skipped``) and the page says so.
 """
 
 from __future__ import annotations
@@ -126,15 +130,22 @@ class VerdictLog:
         path: str | Path | None,
         *,
         keep: int = 10_000,
+        rate: float = 500.0,
         max_pending: int = 100_000,
         flush_every: float = 0.2,
     ):
         if keep < 1:
             raise ValueError("keep must be at least 1")
+        if not rate > 0:
+            raise ValueError("rate must be positive")
         self.path = Path(path) if path is not None else None
         self.keep = keep
+        self.rate = rate
         self.max_pending = max_pending
         self.dropped = 0
+        self.skipped = 0
+        self._tokens = 2.0 * rate
+        self._refilled = time.monotonic()
         self._flush_every = flush_every
         self._lock = threading.Lock()
         self._conn = self._open()
@@ -158,20 +169,40 @@ class VerdictLog:
             conn.execute("PRAGMA busy_timeout = 2000")
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode = WAL")
+                # a crash may lose the last batch, never corrupt the file: enough for a log
+                conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ValueError(f"{target}: cannot open the verdict log ({exc})") from exc
         return conn
 
     # -- writing -----------------------------------------------------------------------------
-    def record(self, items: Sequence[Recorded]) -> None:
-        """Queue answers to be written (never blocks; drops and counts past ``max_pending``)."""
+    def record(self, items: Sequence[Recorded], *, always: bool = False) -> None:
+        """Queue answers to be written (never blocks; drops and counts past ``max_pending``);
+        ``always``: outside the rate budget (a correction made on the page)."""
         if not items or self._closed:
             return
         with self._written:
+            now = time.monotonic()
+            self._tokens = min(2.0 * self.rate, self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            budget = len(items) if always else int(self._tokens)
+            if budget < len(items):
+                # anomalous and human verdicts first, each kind in the order given
+                ranked = sorted(
+                    range(len(items)),
+                    key=lambda i: items[i].label == 0 and items[i].source != "human",
+                )
+                chosen = sorted(ranked[:budget])
+                self.skipped += len(items) - len(chosen)
+                items = [items[i] for i in chosen]
+                if not items:
+                    return
             if self._pending + len(items) > self.max_pending:
                 self.dropped += len(items)
                 return
+            if not always:
+                self._tokens -= len(items)
             self._pending += len(items)
         self._queue.put(list(items))
 

@@ -103,3 +103,19 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
         VerdictLog(blocker / "verdicts.sqlite")
     with pytest.raises(ValueError, match="keep"):
         VerdictLog(None, keep=0)
+
+
+def test_keeps_anomalous_verdicts_first_within_the_rate() -> None:
+    log = VerdictLog(None, rate=10.0)  # a burst of 20, then 10 a second
+    answers = [_answer(i, label=int(i % 4 == 0)) for i in range(40)]
+    log.record(answers)
+    log.flush()
+    kept = log.page(per_page=50).items
+    assert len(kept) == 20 and log.skipped == 20
+    assert sum(v.label for v in kept) == 10  # every anomalous one of the 40
+    log.record([_answer(99, source="human")], always=True)  # a correction is always kept
+    log.flush()
+    assert len(log) == 21
+    with pytest.raises(ValueError, match="rate"):
+        VerdictLog(None, rate=0)
+    log.close()
