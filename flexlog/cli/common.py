@@ -153,6 +153,19 @@ def _read_labelled(path: Path, args: argparse.Namespace, *, bundle=None, templat
     return seqs, report, None
 
 
+def _training_record(path: Path, seqs: list[LogSequence], report: IngestReport) -> dict:
+    """The manifest's record of a training set: where, its hash, what it held."""
+    from flexlog.bundle import sha256_file
+
+    return {
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "sequences": len(seqs),
+        "anomalous": sum(s.label == 1 for s in seqs),
+        "rejected": report.rejected,
+    }
+
+
 def _evaluate(detector, seqs: list[LogSequence], *, all_votes: bool = False) -> dict:
     """Scores of the ensemble and of each voter on labelled sequences. Voting short-circuits
     (each voter's scores are on the sequences it was asked about, ``asked`` of them) unless

@@ -15,6 +15,7 @@ from flexlog.cli.common import (
     _metrics_table,
     _print_report,
     _read_labelled,
+    _training_record,
     err,
     out,
 )
@@ -215,13 +216,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     }
     data = {
         **(manifest.get("data") or {}),
-        "train": {
-            "path": str(train_path),
-            "sha256": sha256_file(train_path),
-            "sequences": len(seqs),
-            "anomalous": sum(s.label == 1 for s in seqs),
-            "rejected": report.rejected,
-        },
+        "train": _training_record(train_path, seqs, report),
         "eval": {"path": str(eval_path), "sha256": sha256_file(eval_path)},
         "retrain": _retrain_record(source, where, history, merge, evaluation),
     }

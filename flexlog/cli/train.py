@@ -14,6 +14,7 @@ from flexlog.cli.common import (
     _parse_params,
     _print_report,
     _read_labelled,
+    _training_record,
     err,
     out,
 )
@@ -81,15 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"an anomaly rate of {training['anomaly_rate']:.3f} "
             f"({training['anomaly_rate_from']})"
         )
-    data = {
-        "train": {
-            "path": str(train_path),
-            "sha256": sha256_file(train_path),
-            "sequences": len(seqs),
-            "anomalous": sum(s.label == 1 for s in seqs),
-            "rejected": report.rejected,
-        }
-    }
+    data = {"train": _training_record(train_path, seqs, report)}
     if args.templates:
         data["templates"] = {
             "path": str(args.templates),
