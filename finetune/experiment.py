@@ -286,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             futures = {pool.submit(run_config, datasets, h, s, **kw): f"{h}/{s}" for h, s in todo}
             for future in as_completed(futures):
                 record(futures[future], future.result())
-    runs = {k: v for k, v in results.items() if "/" in k}
+    # the report covers the configurations asked for (others in the file stay there)
+    asked = {f"{h}/{s}" for h in holdouts for s in seeds}
+    runs = {k: v for k, v in results.items() if k in asked}
     if not runs:
         return 0
     model = next(iter(runs.values()))["info"].get("model", args.recipe)

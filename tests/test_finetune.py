@@ -440,3 +440,9 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     assert "scored on 6 of the 24 test sequences" in markdown
     assert "| LLM alone (on a subset of the test sets) |" in markdown
     assert experiment(argv) == 0  # resumes: nothing left to compute
+    # configurations in the file that were not asked for stay out of the report
+    results = json.loads((out / "results.json").read_text())
+    results["web/7"] = results["web/0"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert experiment(argv) == 0
+    assert json.loads((out / "report" / "results.json").read_text())["seeds"] == [0]
