@@ -307,3 +307,21 @@ def _key(seq) -> str:
 
 def seq_len(seq) -> int:
     return len(seq.events)
+
+
+def test_hostile_requests_get_a_4xx(server) -> None:
+    """Odd query values, oversized, mistyped or undecodable forms: a 4xx page, never a 5xx."""
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {READ}"}) as h:
+        for query in ("label=maybe", "page=0", "page=9999999", "per_page=7", "window=1y"):
+            assert h.get(f"/review?{query}").status_code == 400, query
+        assert h.get("/review/sequence/" + "z" * 64).status_code == 400
+        assert h.get("/review/sequence/" + "0" * 64).status_code == 404
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        cases = [
+            (b"label=normal", {"Content-Type": "application/json"}, 415),
+            (b"a=" + b"x" * 20_000, form, 413),
+            (b"label=\xff\xfe", form, 400),
+            (b"&".join(b"f%d=1" % i for i in range(50)), form, 400),
+        ]
+        for body, headers, status in cases:
+            assert h.post("/review/correct", content=body, headers=headers).status_code == status
