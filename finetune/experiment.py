@@ -1,11 +1,16 @@
 """ADFA-U with the LLM voter: for each held-out attack type and seed, fine-tune the recipe on the
 limited training set, then score the full test set with the LLM alone, the ML voters, the full
-FlexLog ensemble (KNN + DT + SLFN + LLM, a tie is normal), the same without retrieval, and
-flexlog's default ensemble with the LLM joining its stacked rule.
+FlexLog ensemble (KNN + DT + SLFN + LLM, a tie is normal), the same without retrieval, the
+three ML voters under the fitted weighted and stacked rules alone and with the LLM joining
+them, and flexlog's default ensemble with the LLM joining its majority.
 The adapter is fine-tuned with retrieved knowledge in its prompts; "no-rag" switches retrieval
 off at inference only (fine-tuning twice per configuration would double the cost). The
 ensembles are scored as short-circuit voting would ask them (same labels as asking every
 voter), and the share of test sequences that reach the LLM is reported.
+
+Resumable at two levels: finished configurations are skipped, a configuration that lacks some
+rows computes only those, reusing its fine-tuned adapter and the LLM answers it already has
+(``HOLDOUT-SEED/llm-answers-*.json``).
 
 ``python -m finetune.experiment --steps 100 --seeds 0,1,2 --jobs 2 --out runs/llm-adfa-u``
 """
@@ -46,7 +51,20 @@ MODELS = (
     "flexlog-no-rag",
     "default",
     "default+llm",
+    "ml:weighted",
+    "ml:stacked",
+    "flexlog:weighted",
+    "flexlog:stacked",
 )
+#: Ensembles that ask the LLM, each as (its ML base, the LLM voter): the share of test
+#: sequences each asked is reported.
+WITH_LLM = {
+    "flexlog": ("ml", "llm"),
+    "flexlog-no-rag": ("ml", "llm-no-rag"),
+    "default+llm": ("default", "llm"),
+    "flexlog:weighted": ("ml:weighted", "llm"),
+    "flexlog:stacked": ("ml:stacked", "llm"),
+}
 #: The LLM is asked about this many sequences at a time (progress is shown per batch).
 LLM_BATCH = 32
 
@@ -68,15 +86,32 @@ class _AskedLLM:
     """The LLM voter asked lazily: each sequence at most once, in batches with a progress bar
     (done, rate, ETA), its answers kept, so the ensembles below ask it only about what
     short-circuit voting needs and share those answers. ``requested`` holds the distinct
-    sequences asked about since it was last cleared."""
+    sequences asked about since it was last cleared. With ``store`` the answers are kept in
+    that JSON file too, so a resumed run asks only about sequences not asked before. The
+    model is loaded on the first question (``load`` builds the voter)."""
 
     cost = 10000.0
 
-    def __init__(self, voter, desc: str):
-        self.voter = voter
+    def __init__(self, load, desc: str, store: Path | None = None):
+        self._load, self._voter = load, None
         self.desc = desc
+        self.store = store
         self.p: dict[tuple[str, ...], float] = {}
+        if store is not None and store.is_file():
+            self.p = {tuple(e): float(p) for e, p in json.loads(store.read_text())}
         self.requested: set[tuple[str, ...]] = set()
+
+    @property
+    def voter(self):
+        if self._voter is None:
+            self._voter = self._load()
+        return self._voter
+
+    def _save(self) -> None:
+        if self.store is not None:
+            tmp = self.store.with_suffix(".tmp")
+            tmp.write_text(json.dumps([[list(e), p] for e, p in self.p.items()]))
+            tmp.replace(self.store)
 
     def predict_proba(self, X):
         keys = [tuple(e) for e in X]
@@ -85,7 +120,9 @@ class _AskedLLM:
         with tqdm(total=len(missing), desc=self.desc, unit="seq", leave=False) as bar:
             for start in range(0, len(missing), LLM_BATCH):
                 part = missing[start : start + LLM_BATCH]
-                self.p.update(zip(part, self.voter.predict_proba(part)[:, 1], strict=True))
+                answers = self.voter.predict_proba(part)[:, 1]
+                self.p.update(zip(part, map(float, answers), strict=True))
+                self._save()
                 bar.update(len(part))
         p = np.array([self.p[k] for k in keys], dtype=float)
         return np.column_stack([1 - p, p])
@@ -106,6 +143,17 @@ def _with_llm(base: Detector, test: list[LogSequence], llm: _AskedLLM) -> tuple[
     return labels, len(llm.requested) / max(1, len({s.events for s in test}))
 
 
+def _finetuned(work: Path, recipe: str, data: Path, steps: int, seed: int, threads) -> dict:
+    """Fine-tune the recipe for one configuration, or reuse the adapter an earlier run of it
+    left (same step count), so rows added later do not fine-tune again."""
+    done = work / "finetune" / "report.json"
+    if done.is_file() and (work / "finetune" / "adapter").is_dir():
+        report = json.loads(done.read_text())
+        if report.get("steps") == steps:
+            return report
+    return finetune(recipe, data, work / "finetune", max_steps=steps, seed=seed, threads=threads)
+
+
 def run_config(
     datasets: Path,
     holdout: str,
@@ -117,61 +165,90 @@ def run_config(
     test_limit,
     threads,
     llm_alone: int | None = None,
+    done: dict | None = None,
 ) -> dict:
     """Fine-tune and evaluate one ADFA-U configuration; returns F1 etc. per model. The LLM
-    alone is scored on ``llm_alone`` test sequences (None: all of them)."""
+    alone is scored on ``llm_alone`` test sequences (None: all of them). Rows already in
+    ``done`` (an earlier result of this configuration) are kept, not computed again."""
+    result = {k: v for k, v in (done or {}).items() if k in MODELS}
+    info = dict((done or {}).get("info", {}))
     corpus = load_adfa(datasets / "adfa-ld")
     ds = build_adfa_u(corpus, holdout, seed=seed)
     work = out / f"{holdout}-{seed}"
     data = work / "limited_train.jsonl"
     write_jsonl(data, ds.limited_train)
-    report = finetune(recipe, data, work / "finetune", max_steps=steps, seed=seed, threads=threads)
+    report = _finetuned(work, recipe, data, steps, seed, threads)
     adapter = work / "finetune" / "adapter"
     test = _subsample(ds.test, test_limit, seed)
     y = [s.label for s in test]
     events = [s.events for s in test]
-    ml, _ = train_detector(ds.limited_train, ["knn", "dt", "slfn"], rule="majority", seed=seed)
-    default, _ = train_detector(ds.limited_train, DEFAULT_VOTERS, rule=DEFAULT_RULE, seed=seed)
-    votes = ml.ensemble.votes(events)
     recipe_ = load_recipe(recipe)
     llms = {
         name: _AskedLLM(
-            recipe_.llm_voter(adapter, retrieval=rag).fit([]), f"{holdout}/{seed} {name}"
+            lambda rag=rag: recipe_.llm_voter(adapter, retrieval=rag).fit([]),
+            f"{holdout}/{seed} {name}",
+            work / f"llm-answers-{name}.json",
         )
         for name, rag in (("llm", True), ("llm-no-rag", False))
     }
-    result = {m: scores(y, v) for m, v in votes.items()}
-    result["ml-ensemble"] = scores(y, [v.label for v in ml.vote(test)])
-    result["default"] = scores(y, [v.label for v in default.vote(test)])
-    shares, seconds = {}, {}
-    for key, base, llm in (
-        ("flexlog", ml, "llm"),
-        ("flexlog-no-rag", ml, "llm-no-rag"),
-        ("default+llm", default, "llm"),
-    ):
+    bases = {
+        "ml": (["knn", "dt", "slfn"], "majority"),
+        "default": (DEFAULT_VOTERS, DEFAULT_RULE),
+        "ml:weighted": (["knn", "dt", "slfn"], "weighted"),
+        "ml:stacked": (["knn", "dt", "slfn"], "stacked"),
+    }
+    built: dict[str, Detector] = {}
+
+    def base(name: str) -> Detector:
+        if name not in built:
+            voters, rule = bases[name]
+            built[name] = train_detector(ds.limited_train, voters, rule=rule, seed=seed)[0]
+        return built[name]
+
+    if any(m not in result for m in ("knn", "dt", "slfn")):
+        votes = base("ml").ensemble.votes(events)
+        result.update({m: scores(y, v) for m, v in votes.items() if m not in result})
+    for key, name in {
+        "ml-ensemble": "ml",
+        "default": "default",
+        "ml:weighted": "ml:weighted",
+        "ml:stacked": "ml:stacked",
+    }.items():
+        if key not in result:
+            result[key] = scores(y, [v.label for v in base(name).vote(test)])
+    shares = dict(info.get("llm_asked_share", {}))
+    seconds = dict(info.get("llm_seconds", {}))
+    for key, (name, llm) in WITH_LLM.items():
+        if key in result:
+            continue
         start = time.perf_counter()
-        labels, shares[key] = _with_llm(base, test, llms[llm])
+        labels, shares[key] = _with_llm(base(name), test, llms[llm])
         seconds[key] = time.perf_counter() - start
         result[key] = scores(y, labels)
     alone = test if llm_alone is None else _subsample(test, llm_alone, seed)
     for name, llm in llms.items():
+        if name in result:
+            continue
         start = time.perf_counter()
         p = llm.predict_proba([s.events for s in alone])[:, 1]
         seconds[name] = time.perf_counter() - start
         result[name] = scores([s.label for s in alone], (p > 0.5).astype(int))
         result[name]["scored"] = len(alone)
-    result["info"] = {
-        "test_sequences": len(test),
-        "test_sequences_full": len(ds.test),
-        "finetune_steps": report.get("steps"),
-        "finetune_seconds": report.get("train_seconds"),
-        "final_loss": report.get("final_loss"),
-        "validation": report.get("validation"),
-        "llm_seconds": seconds,
-        "llm_asked_share": shares,
-        "llm_alone_sequences": len(alone),
-        "model": recipe_.base_model,
-    }
+    info.update(
+        {
+            "test_sequences": len(test),
+            "test_sequences_full": len(ds.test),
+            "finetune_steps": report.get("steps"),
+            "finetune_seconds": report.get("train_seconds"),
+            "final_loss": report.get("final_loss"),
+            "validation": report.get("validation"),
+            "llm_seconds": seconds,
+            "llm_asked_share": shares,
+            "llm_alone_sequences": len(alone),
+            "model": recipe_.base_model,
+        }
+    )
+    result["info"] = info
     return result
 
 
@@ -213,7 +290,7 @@ def summary(results: dict) -> dict:
         "llm_alone_sequences": int(sum(a if a is not None else t for t, a in sizes)),
         "llm_asked_share": {
             k: float(np.mean([s[k] for s in shares if k in s]))
-            for k in ("flexlog", "flexlog-no-rag", "default+llm")
+            for k in WITH_LLM
             if any(k in s for s in shares)
         },
     }
@@ -258,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = _previous(out / "results.json", args.steps)
-    todo = [(h, s) for h in holdouts for s in seeds if f"{h}/{s}" not in results]
+    todo = [
+        (h, s)
+        for h in holdouts
+        for s in seeds
+        if not set(MODELS) <= set(results.get(f"{h}/{s}", {}))
+    ]
     for h, s in [(h, s) for h in holdouts for s in seeds if (h, s) not in todo]:
         print(f"{h}/{s}: already in {out / 'results.json'}, skipped", flush=True)
     kw = dict(
@@ -280,10 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     datasets = Path(args.datasets)
     if args.jobs == 1:
         for h, s in todo:
-            record(f"{h}/{s}", run_config(datasets, h, s, **kw))
+            record(f"{h}/{s}", run_config(datasets, h, s, done=results.get(f"{h}/{s}"), **kw))
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(run_config, datasets, h, s, **kw): f"{h}/{s}" for h, s in todo}
+            futures = {
+                pool.submit(
+                    run_config, datasets, h, s, done=results.get(f"{h}/{s}"), **kw
+                ): f"{h}/{s}"
+                for h, s in todo
+            }
             for future in as_completed(futures):
                 record(futures[future], future.result())
     # the report covers the configurations asked for (others in the file stay there)

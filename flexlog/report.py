@@ -99,8 +99,12 @@ def _rows(runs: Sequence[dict]) -> dict[str, dict]:
 def _mwu(rows: dict, name: str) -> str:
     if REFERENCE not in rows or name == REFERENCE:
         return ""
-    a, b = rows[name]["average"]["f1"], rows[REFERENCE]["average"]["f1"]
-    if len(a) != len(b):
+    return _p_a12(rows[name]["average"]["f1"], rows[REFERENCE]["average"]["f1"])
+
+
+def _p_a12(a: Sequence[float], b: Sequence[float]) -> str:
+    """Mann-Whitney p and A12 of per-seed F1s, as the tables print them ("" unless paired)."""
+    if len(a) != len(b) or not a:
         return ""
     test = mann_whitney(a, b)
     return f"{test['p']:.3f} ({test['a12']:.2f})"
@@ -346,6 +350,10 @@ def llm_section(run: dict) -> list[str]:
         "ml-ensemble": ("ML only: KNN + DT + SLFN, majority", 0.664),
         "default": ("flexlog default: KNN + DT + SLFN + ET, majority", None),
         "default+llm": ("flexlog default + LLM, majority", None),
+        "ml:weighted": ("KNN + DT + SLFN, weighted (fitted)", None),
+        "ml:stacked": ("KNN + DT + SLFN, stacked (fitted)", None),
+        "flexlog:weighted": ("KNN + DT + SLFN + LLM, weighted (fitted without the LLM)", None),
+        "flexlog:stacked": ("KNN + DT + SLFN + LLM, stacked (fitted without the LLM)", None),
     }
     scope = (
         "all six holdouts"
@@ -357,9 +365,11 @@ def llm_section(run: dict) -> list[str]:
         f"### The LLM voter on ADFA-U, paper protocol ({run['model']}, {run['steps']} "
         f"fine-tuning steps, seeds {run['seeds']}, {scope})",
         "",
-        "| model | average F1 | published (Mistral Small 22B) | share of test sequences asked |",
-        "|---|---:|---:|---:|",
+        "| model | average F1 | published (Mistral Small 22B) | share of test sequences asked "
+        "| MWU p vs ML only (A12) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    reference = s["average"].get("ml-ensemble")
     subset = s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0)
     one_seed = len(run.get("seeds", [])) == 1
     for key, stat in s["average"].items():
@@ -368,9 +378,12 @@ def llm_section(run: dict) -> list[str]:
             label, pub = f"{label} (on a subset of the test sets)", None
         share = s.get("llm_asked_share", {}).get(key)
         value = f"{stat['mean']:.3f}" if one_seed else mean_std(stat)
+        test = ""
+        if reference and key != "ml-ensemble" and not (subset and key.startswith("llm")):
+            test = _p_a12(stat["f1"], reference["f1"])
         lines.append(
             f"| {label} | {value} | {'' if pub is None or not complete else f'{pub:.3f}'} "
-            f"| {'' if share is None else f'{100 * share:.0f} %'} |"
+            f"| {'' if share is None else f'{100 * share:.0f} %'} | {test} |"
         )
     if subset:
         lines += [

@@ -440,6 +440,17 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     assert "scored on 6 of the 24 test sequences" in markdown
     assert "| LLM alone (on a subset of the test sets) |" in markdown
     assert experiment(argv) == 0  # resumes: nothing left to compute
+    # a row added later is computed alone: no new fine-tuning, the LLM's answers reused
+    fine_tuned = (out / "web-0" / "finetune" / "report.json").stat().st_mtime_ns
+    answers = json.loads((out / "web-0" / "llm-answers-llm.json").read_text())
+    assert answers and all(0 <= p <= 1 for _, p in answers)
+    results = json.loads((out / "results.json").read_text())
+    stacked = results["web/0"].pop("flexlog:stacked")
+    (out / "results.json").write_text(json.dumps(results))
+    assert experiment(argv) == 0
+    again = json.loads((out / "results.json").read_text())["web/0"]
+    assert again["flexlog:stacked"]["f1"] == stacked["f1"]
+    assert (out / "web-0" / "finetune" / "report.json").stat().st_mtime_ns == fine_tuned
     # configurations in the file that were not asked for stay out of the report
     results = json.loads((out / "results.json").read_text())
     results["web/7"] = results["web/0"]
