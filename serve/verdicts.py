@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flexlog.cache.sqlite import transaction
+
 logger = logging.getLogger("flexlog.serve")
 
 #: Events and raw lines kept per sequence (the rest are counted, not stored).
@@ -262,28 +264,26 @@ class VerdictLog:
             )
         with self._lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                added = conn.executemany(
-                    "INSERT OR IGNORE INTO sequences (key, events, length) VALUES (?, ?, ?)",
-                    list(sequences.values()),
-                ).rowcount
-                conn.executemany(
-                    "INSERT INTO verdicts (time, key, seq_id, model, label, source, votes, "
-                    "not_asked, abstained, lines, evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                (last,) = conn.execute("SELECT max(id) FROM verdicts").fetchone()
-                conn.execute("DELETE FROM verdicts WHERE id <= ?", (last - self.keep,))
-                self._sequences += max(added, 0)
-                pruned = self._sequences > 2 * self.keep
-                if pruned:
-                    conn.execute(
-                        "DELETE FROM sequences WHERE key NOT IN (SELECT key FROM verdicts)"
+                with transaction(conn):
+                    added = conn.executemany(
+                        "INSERT OR IGNORE INTO sequences (key, events, length) VALUES (?, ?, ?)",
+                        list(sequences.values()),
+                    ).rowcount
+                    conn.executemany(
+                        "INSERT INTO verdicts (time, key, seq_id, model, label, source, votes, "
+                        "not_asked, abstained, lines, evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        rows,
                     )
-                conn.execute("COMMIT")
+                    (last,) = conn.execute("SELECT max(id) FROM verdicts").fetchone()
+                    conn.execute("DELETE FROM verdicts WHERE id <= ?", (last - self.keep,))
+                    self._sequences += max(added, 0)
+                    pruned = self._sequences > 2 * self.keep
+                    if pruned:
+                        conn.execute(
+                            "DELETE FROM sequences WHERE key NOT IN (SELECT key FROM verdicts)"
+                        )
             except BaseException:
-                conn.execute("ROLLBACK")
                 self._stored.clear()
                 raise
         if pruned:

@@ -49,7 +49,7 @@ from .store import (
     changes_after,
 )
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "transaction"]
 
 logger = logging.getLogger("flexlog.cache")
 
@@ -129,6 +129,21 @@ def _failure(exc: sqlite3.Error) -> CacheError:
     error = CacheError(str(exc) or type(exc).__name__)
     error.__cause__ = exc
     return error
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """A transaction on ``conn``: committed when the block ends (a ``return`` in it too),
+    rolled back when it raises."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 class SQLiteStore:
@@ -244,8 +259,7 @@ class SQLiteStore:
         if version == 0:
             if not writable:
                 raise InputError(f"{path}: not a flexlog cache (no cache schema); open it writable")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 version = self._read_header(conn, path)  # another process may have won
                 if version == 0:
                     tables = conn.execute(
@@ -260,10 +274,6 @@ class SQLiteStore:
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     version = SCHEMA_VERSION
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         if writable:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -295,14 +305,8 @@ class SQLiteStore:
     def _upgrade(self, conn: sqlite3.Connection, path: Path) -> None:
         """Upgrade a version-1 file in place (best effort: retried by the first edit)."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 self._migrate(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.OperationalError as exc:
             logger.warning(
                 "%s: cannot upgrade the cache schema to version %d now (%s); the history of "
@@ -335,6 +339,17 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ reads
 
+    @contextlib.contextmanager
+    def _writing(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """A write transaction whose failure also restores the store's row count."""
+        count = self._count
+        try:
+            with transaction(conn):
+                yield
+        except BaseException:
+            self._count = count
+            raise
+
     def _live(self) -> sqlite3.Connection:
         if self._conn is None:
             raise CacheError(f"{self.location}: the cache database is closed")
@@ -349,19 +364,13 @@ class SQLiteStore:
         columns = "key, label, source, votes" + (", events" if with_events else "")
         rows: list[tuple] = []
         try:
-            conn.execute("BEGIN")
-            try:
+            with transaction(conn, "BEGIN"):  # one snapshot for every chunk
                 for chunk in _chunks(keys):
                     marks = ",".join("?" * len(chunk))
                     rows += conn.execute(
                         f"SELECT {columns} FROM entries WHERE key IN ({marks})", chunk
                     ).fetchall()
-            finally:
-                conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
             raise _failure(exc) from exc
         found: dict[str, CacheEntry] = {}
         loads = json.loads
@@ -481,9 +490,7 @@ class SQLiteStore:
         conn = self._live()
         self._tick += 1
         tick = self._tick
-        count_before = self._count
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing(conn):
             existing = self._sources(conn, list(todo))
             inserts, updates, outcomes = [], [], {}
             for key, (events, label, votes, created) in todo.items():
@@ -518,12 +525,6 @@ class SQLiteStore:
             self._count += len(inserts)
             fresh = [k for k, outcome in outcomes.items() if outcome == SAVED]
             evicted, removed = self._evict(conn, recent, fresh)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._count = count_before
-            raise
         return outcomes, evicted, removed
 
     def _humans_among(self, keys: Sequence[str]) -> set[str]:
@@ -546,10 +547,8 @@ class SQLiteStore:
         if self.read_only:
             raise CacheError("cache opened read-only")
         conn = self._live()
-        count_before = self._count
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing(conn):
                 if not self._has_log:
                     self._migrate(conn)
                 current = self._read_entry(conn, key)
@@ -558,7 +557,6 @@ class SQLiteStore:
                     current = self._pending.entry(key) or memory
                 change = decide(current, lambda: self._read_log(conn, key))
                 if change is None:
-                    conn.execute("COMMIT")
                     self._has_log = True
                     return EditResult(None, None)
                 now = time.time()
@@ -571,12 +569,6 @@ class SQLiteStore:
                 self._flush_touches(conn)
                 fresh = [key] if change.after is not None else []
                 evicted, removed = self._evict(conn, recent, fresh)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._count = count_before
-                raise
         except sqlite3.Error as exc:
             raise _failure(exc) from exc
         self._has_log = True
@@ -635,16 +627,10 @@ class SQLiteStore:
             raise CacheError("cache opened read-only")
         conn = self._live()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 conn.execute("DELETE FROM entries")
                 if self._log_exists(conn):
                     conn.execute("DELETE FROM corrections")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _failure(exc) from exc
         self._pending.clear()
@@ -656,19 +642,11 @@ class SQLiteStore:
             raise CacheError("cache opened read-only")
         conn = self._live()
         held = list(self._pending.snapshot())
-        count_before = self._count
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing(conn):
                 stored = self._sources(conn, held)
                 removed = conn.execute("DELETE FROM entries WHERE source = 'model'").rowcount
                 self._count = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._count = count_before
-                raise
         except sqlite3.Error as exc:
             raise _failure(exc) from exc
         self._pending.clear()  # held answers are model answers too
@@ -742,13 +720,8 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA busy_timeout = 0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(conn):
                     self._flush_touches(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         except sqlite3.Error as exc:
