@@ -98,9 +98,13 @@ experiments-llm: $(LLM_STAMP)
 report: $(STAMP)
 	$(FLEXLOG) report --runs runs --out docs/results --readme README.md
 
-## The LSTM/GRU voters alone and added to the ensemble (5 seeds, two runs at a time; resumable).
+## The sequence voters on the paper protocol: the `cpu` preset under the three vote rules (with
+## extra trees as a sixth voter), then each LSTM/GRU voter alone and added to the ML ensemble
+## (5 seeds, two runs at a time; resumable; about 1.5 hours on 2 cores for the first two).
 SEQ_VOTERS := deeplog,logls,logms,auto-lstm,auto-blstm,auto-gru,lstm
 experiments-seq: $(LLM_STAMP)
+	$(FLEXLOG) experiment adfa-u --voters cpu --rules $(RULES) --add et --jobs 2 --out runs/adfa-u-cpu
+	$(FLEXLOG) experiment synhdfs-u --voters cpu --rules $(RULES) --add et --jobs 2 --out runs/synhdfs-u-cpu
 	$(FLEXLOG) experiment synhdfs-u --voters ml --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-synhdfs-u
 	$(FLEXLOG) experiment adfa-u --voters ml --add $(SEQ_VOTERS) --jobs 2 --out runs/neural-adfa-u
 

@@ -239,6 +239,20 @@ def _last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
 
 
+def _load_checkpoint_adapter(model, checkpoint: Path) -> None:
+    """Put a checkpoint's LoRA weights into ``model`` (safetensors only, never pickles)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise RecipeError(f"{checkpoint}: no adapter_model.safetensors to resume from")
+    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise RecipeError(f"{checkpoint}: adapter weights do not fit the model ({unexpected[:3]})")
+
+
 def save_adapter(model, out: Path, recipe: Recipe, model_path: str, template) -> Path:
     """Write the LoRA adapter (safetensors only) plus what inference needs to use it."""
     target = out / ADAPTER_DIR
@@ -418,15 +432,22 @@ def run(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start_step = 0
-    if last:
-        start_step = int(json.loads((Path(last) / "trainer_state.json").read_text())["global_step"])
-        log.info("resuming from %s (step %d)", last, start_step)
     t1 = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    if last:
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+        start_step = int(state["global_step"])
+        log.info("resuming from %s (step %d)", last, start_step)
+    if last and start_step >= recipe.max_steps:
+        # Trainer would take one more step from a finished checkpoint: use its weights as
+        # they are
+        _load_checkpoint_adapter(trainer.model, Path(last))
+        log_history, global_step = state.get("log_history", []), start_step
+    else:
+        trainer.train(resume_from_checkpoint=last)
+        log_history, global_step = trainer.state.log_history, trainer.state.global_step
     train_seconds = time.time() - t1
 
     adapter = save_adapter(trainer.model, out, recipe, model_path, template)
-    log_history, global_step = trainer.state.log_history, trainer.state.global_step
     del trainer, model  # free the training copy before the voter loads its own
     gc.collect()
     validation_result = calibrate(adapter, recipe, validation) if validation else None

@@ -349,6 +349,18 @@ def test_rerun_with_more_steps_resumes(tiny_mistral_run: Path, train8: Path) -> 
     assert history[:2] == first["loss_history"]  # the first run's log came back with the state
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
 
+    # a finished run asked again trains no further step and keeps the checkpoint's weights
+    import torch
+    from safetensors.torch import load_file
+
+    done = run(recipe, train8, out, max_steps=4)
+    assert done["steps"] == 4 and done["steps_this_run"] == 0
+    assert not (out / "checkpoints" / "checkpoint-5").exists()
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    checkpoint = load_file(str(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors"))
+    assert saved.keys() == checkpoint.keys()
+    assert all(torch.equal(saved[k], checkpoint[k]) for k in saved)
+
 
 # ---------------------------------------------------------------- validation and the bundle
 def test_validation_split_is_stratified_seeded_and_skipped_on_tiny_data() -> None:
