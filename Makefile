@@ -88,11 +88,14 @@ experiments: $(STAMP)
 	$(FLEXLOG) experiment adfa-u --voters default --rules majority,stacked --no-dedup --out runs/adfa-u-nodedup
 	$(FLEXLOG) experiment template-evolution --out runs/template-evolution
 
-## The LLM voter on ADFA-U, paper protocol, full test sets, 3 seeds (resumable, two at a time);
-## the ensembles ask it only where short-circuit voting needs it.
-LLM_SEEDS ?= 0,1,2
+## The LLM voter on the paper protocols, full test sets (resumable, two at a time): ADFA-U
+## (one fine-tuning per holdout and seed, about 40 minutes each here), then SynHDFS-U (one per
+## seed, shared by its four ratios); the ensembles ask it only where short-circuit voting needs it.
+LLM_SEEDS ?= 0,1,2,3,4
+LLM_RUN := $(PY) -m finetune.experiment --recipe $(RECIPE) --steps 100 --seeds $(LLM_SEEDS) --llm-alone 60 --jobs 2 --threads 1
 experiments-llm: $(LLM_STAMP)
-	$(PY) -m finetune.experiment --recipe $(RECIPE) --steps 100 --seeds $(LLM_SEEDS) --llm-alone 60 --jobs 2 --threads 1 --out runs/llm-adfa-u
+	$(LLM_RUN) --dataset adfa-u --out runs/llm-adfa-u
+	$(LLM_RUN) --dataset synhdfs-u --out runs/llm-synhdfs-u
 
 ## The README's results (tables, plots in docs/results/) from whatever is in runs/.
 report: $(STAMP)

@@ -1,18 +1,24 @@
-"""ADFA-U with the LLM voter: for each held-out attack type and seed, fine-tune the recipe on the
-limited training set, then score the full test set with the LLM alone, the ML voters, the full
-FlexLog ensemble (KNN + DT + SLFN + LLM, a tie is normal), the same without retrieval, the
-three ML voters under the fitted weighted and stacked rules alone and with the LLM joining
-them, and flexlog's default ensemble with the LLM joining its majority.
+"""The ULAD protocols with the LLM voter (ADFA-U per held-out attack type, SynHDFS-U per
+instability ratio): for each variant and seed, fine-tune the recipe on the limited training
+set, then score the full test set with the LLM alone, the ML voters, the full FlexLog ensemble
+(KNN + DT + SLFN + LLM, a tie is normal), the same without retrieval, the three ML voters
+under the fitted weighted and stacked rules alone and with the LLM joining them, and flexlog's
+default ensemble with the LLM joining its majority.
 The adapter is fine-tuned with retrieved knowledge in its prompts; "no-rag" switches retrieval
 off at inference only (fine-tuning twice per configuration would double the cost). The
 ensembles are scored as short-circuit voting would ask them (same labels as asking every
 voter), and the share of test sequences that reach the LLM is reported.
 
+SynHDFS-U changes only the test sets, so its four ratios share one limited training set per
+seed: they share that seed's adapter and LLM answers (``seed-SEED/``) and run in one job.
+
 Resumable at two levels: finished configurations are skipped, a configuration that lacks some
 rows computes only those, reusing its fine-tuned adapter and the LLM answers it already has
-(``HOLDOUT-SEED/llm-answers-*.json``).
+(``llm-answers-*.json`` beside the adapter).
 
 ``python -m finetune.experiment --steps 100 --seeds 0,1,2 --jobs 2 --out runs/llm-adfa-u``
+``python -m finetune.experiment --dataset synhdfs-u --steps 100 --seeds 0,1,2 --jobs 2 \
+--out runs/llm-synhdfs-u``
 """
 
 from __future__ import annotations
@@ -23,21 +29,21 @@ import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from flexlog.data.adfa import ATTACK_TYPES, load_adfa
 from flexlog.data.records import LogSequence, write_jsonl
-from flexlog.data.ulad import build_adfa_u
 from flexlog.detector import Detector
 from flexlog.ensemble import VotingEnsemble
 from flexlog.evaluate import scores
+from flexlog.experiment import dataset_builders
 from flexlog.training import train_detector
 from flexlog.voters.registry import DEFAULT_RULE, DEFAULT_VOTERS
 
-from .recipe import DEFAULT_RECIPE, load_recipe
+from .recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from .train import run as finetune
 
 MODELS = (
@@ -67,6 +73,51 @@ WITH_LLM = {
 }
 #: The LLM is asked about this many sequences at a time (progress is shown per batch).
 LLM_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the experiment needs to know about a ULAD dataset besides its builder."""
+
+    #: the prompt domain of its events (the recipe's is replaced by it)
+    domain: str
+    #: whether the limited training set depends on the variant (ADFA-U: the held-out attack
+    #: type) or only on the seed (SynHDFS-U changes test sets only), i.e. what an adapter serves
+    adapter_per_variant: bool
+
+
+PROTOCOLS = {
+    "adfa-u": Protocol(domain="syscalls", adapter_per_variant=True),
+    "synhdfs-u": Protocol(domain="hdfs", adapter_per_variant=False),
+}
+
+
+def variants(kind: str, datasets: Path) -> dict[str, object]:
+    """The dataset's variants by their name in results (attack types; ratios as ``0.05``)."""
+    names, _ = dataset_builders(kind, datasets)
+    return {f"{v:g}" if isinstance(v, float) else str(v): v for v in names}
+
+
+def workdir(out: Path, kind: str, variant: str, seed: int) -> Path:
+    """Where one configuration's adapter and LLM answers live (shared by the configurations
+    that train on the same limited set)."""
+    shared = not PROTOCOLS[kind].adapter_per_variant
+    return out / (f"seed-{seed}" if shared else f"{variant}-{seed}")
+
+
+def _write_limited(path: Path, train: list[LogSequence]) -> None:
+    """Write the limited training set; refuse when an adapter fine-tuned on a different one is
+    already there (its answers would not belong to this configuration)."""
+    new = path.with_suffix(".new")
+    write_jsonl(new, train)
+    adapter = path.parent / "finetune" / "adapter"
+    if adapter.is_dir() and path.is_file() and path.read_bytes() != new.read_bytes():
+        new.unlink()
+        raise RuntimeError(
+            f"{path}: differs from the limited training set the adapter in {adapter} was "
+            f"fine-tuned on; move {path.parent} away to fine-tune again"
+        )
+    new.replace(path)
 
 
 def _subsample(test: list[LogSequence], limit: int | None, seed: int) -> list[LogSequence]:
@@ -143,7 +194,7 @@ def _with_llm(base: Detector, test: list[LogSequence], llm: _AskedLLM) -> tuple[
     return labels, len(llm.requested) / max(1, len({s.events for s in test}))
 
 
-def _finetuned(work: Path, recipe: str, data: Path, steps: int, seed: int, threads) -> dict:
+def _finetuned(work: Path, recipe: Recipe, data: Path, steps: int, seed: int, threads) -> dict:
     """Fine-tune the recipe for one configuration, or reuse the adapter an earlier run of it
     left (same step count), so rows added later do not fine-tune again."""
     done = work / "finetune" / "report.json"
@@ -156,9 +207,10 @@ def _finetuned(work: Path, recipe: str, data: Path, steps: int, seed: int, threa
 
 def run_config(
     datasets: Path,
-    holdout: str,
+    variant: str,
     seed: int,
     *,
+    kind: str = "adfa-u",
     recipe: str,
     steps: int,
     out: Path,
@@ -167,26 +219,27 @@ def run_config(
     llm_alone: int | None = None,
     done: dict | None = None,
 ) -> dict:
-    """Fine-tune and evaluate one ADFA-U configuration; returns F1 etc. per model. The LLM
-    alone is scored on ``llm_alone`` test sequences (None: all of them). Rows already in
+    """Fine-tune and evaluate one configuration of ``kind`` (ADFA-U: ``variant`` is the
+    held-out attack type; SynHDFS-U: the instability ratio); returns F1 etc. per model. The
+    LLM alone is scored on ``llm_alone`` test sequences (None: all of them). Rows already in
     ``done`` (an earlier result of this configuration) are kept, not computed again."""
     result = {k: v for k, v in (done or {}).items() if k in MODELS}
     info = dict((done or {}).get("info", {}))
-    corpus = load_adfa(datasets / "adfa-ld")
-    ds = build_adfa_u(corpus, holdout, seed=seed)
-    work = out / f"{holdout}-{seed}"
+    _, build = dataset_builders(kind, datasets)
+    ds = build(variants(kind, datasets)[variant], seed)
+    work = workdir(out, kind, variant, seed)
     data = work / "limited_train.jsonl"
-    write_jsonl(data, ds.limited_train)
-    report = _finetuned(work, recipe, data, steps, seed, threads)
+    _write_limited(data, ds.limited_train)
+    recipe_ = load_recipe(recipe).replace(domain=PROTOCOLS[kind].domain)
+    report = _finetuned(work, recipe_, data, steps, seed, threads)
     adapter = work / "finetune" / "adapter"
     test = _subsample(ds.test, test_limit, seed)
     y = [s.label for s in test]
     events = [s.events for s in test]
-    recipe_ = load_recipe(recipe)
     llms = {
         name: _AskedLLM(
             lambda rag=rag: recipe_.llm_voter(adapter, retrieval=rag).fit([]),
-            f"{holdout}/{seed} {name}",
+            f"{variant}/{seed} {name}",
             work / f"llm-answers-{name}.json",
         )
         for name, rag in (("llm", True), ("llm-no-rag", False))
@@ -265,7 +318,7 @@ def _previous(path: Path, steps: int) -> dict[str, dict]:
 
 
 def summary(results: dict) -> dict:
-    """Per model: mean/std over configurations of F1, and per seed the average over holdouts
+    """Per model: mean/std over configurations of F1, and per seed the average over variants
     (what the report's Mann-Whitney tests read); the mean share of sequences the LLM got."""
     seeds = sorted({k.split("/")[1] for k in results}, key=int)
     average = {}
@@ -296,12 +349,25 @@ def summary(results: dict) -> dict:
     }
 
 
+def _run_group(datasets: Path, configs: list[tuple[str, int, dict | None]], **kw) -> list:
+    """Configurations that share a work folder (adapter and LLM answers), one after another
+    in one worker: [(variant, seed, result)]."""
+    return [(v, s, run_config(datasets, v, s, done=done, **kw)) for v, s, done in configs]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=sorted(PROTOCOLS), default="adfa-u")
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps per configuration")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
-    ap.add_argument("--holdouts", default=",".join(ATTACK_TYPES))
+    ap.add_argument(
+        "--variants",
+        "--holdouts",
+        default=None,
+        help="comma-separated held-out attack types (ADFA-U) or instability ratios "
+        "(SynHDFS-U); default all",
+    )
     ap.add_argument(
         "--test-limit",
         type=int,
@@ -313,37 +379,40 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="N",
-        help="score the LLM alone on N test sequences (half attacks; default all): the "
+        help="score the LLM alone on N test sequences (half anomalies; default all): the "
         "ensembles ask it only where short-circuit voting needs it",
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
     ap.add_argument("--datasets", default="../shared/datasets")
-    ap.add_argument("--out", default="runs/llm-adfa-u")
+    ap.add_argument("--out", default=None, help="default runs/llm-DATASET")
     args = ap.parse_args(argv)
-    holdouts = [h for h in args.holdouts.split(",") if h]
-    unknown = sorted(set(holdouts) - set(ATTACK_TYPES))
-    if unknown:
+    kind = args.dataset
+    datasets = Path(args.datasets)
+    known = variants(kind, datasets)
+    chosen = list(known) if args.variants is None else [v for v in args.variants.split(",") if v]
+    unknown = [v for v in chosen if v not in known]
+    if unknown or not chosen:
         print(
-            f"error: unknown holdouts {unknown}; known: {', '.join(ATTACK_TYPES)}", file=sys.stderr
+            f"error: --variants: {', '.join(unknown) or 'none given'} not a variant of {kind}; "
+            f"known: {', '.join(known)}",
+            file=sys.stderr,
         )
         return 2
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    out = Path(args.out)
+    out = Path(args.out or f"runs/llm-{kind}")
     out.mkdir(parents=True, exist_ok=True)
     results = _previous(out / "results.json", args.steps)
     todo = [
-        (h, s)
-        for h in holdouts
-        for s in seeds
-        if not set(MODELS) <= set(results.get(f"{h}/{s}", {}))
+        (v, s) for v in chosen for s in seeds if not set(MODELS) <= set(results.get(f"{v}/{s}", {}))
     ]
-    for h, s in [(h, s) for h in holdouts for s in seeds if (h, s) not in todo]:
-        print(f"{h}/{s}: already in {out / 'results.json'}, skipped", flush=True)
+    for v, s in [(v, s) for v in chosen for s in seeds if (v, s) not in todo]:
+        print(f"{v}/{s}: already in {out / 'results.json'}, skipped", flush=True)
     kw = dict(
+        kind=kind,
         recipe=args.recipe,
         steps=args.steps,
         out=out,
@@ -351,47 +420,47 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         llm_alone=args.llm_alone,
     )
+    groups: dict[Path, list] = {}
+    for v, s in todo:
+        groups.setdefault(workdir(out, kind, v, s), []).append((v, s, results.get(f"{v}/{s}")))
 
-    def record(key: str, result: dict) -> None:
+    def record(variant: str, seed: int, result: dict) -> None:
+        key = f"{variant}/{seed}"
         results[key] = result
         saved = {k: v for k, v in results.items() if "/" in k}
         (out / "results.json").write_text(json.dumps(saved, indent=1) + "\n")
         f1 = "  ".join(f"{m} {result[m]['f1']:.3f}" for m in MODELS)
         print(f"{key}: {f1}", flush=True)
 
-    datasets = Path(args.datasets)
     if args.jobs == 1:
-        for h, s in todo:
-            record(f"{h}/{s}", run_config(datasets, h, s, done=results.get(f"{h}/{s}"), **kw))
+        for v, s in todo:
+            record(v, s, run_config(datasets, v, s, done=results.get(f"{v}/{s}"), **kw))
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {
-                pool.submit(
-                    run_config, datasets, h, s, done=results.get(f"{h}/{s}"), **kw
-                ): f"{h}/{s}"
-                for h, s in todo
-            }
+            futures = [pool.submit(_run_group, datasets, group, **kw) for group in groups.values()]
             for future in as_completed(futures):
-                record(futures[future], future.result())
+                for v, s, result in future.result():
+                    record(v, s, result)
     # the report covers the configurations asked for (others in the file stay there)
-    asked = {f"{h}/{s}" for h in holdouts for s in seeds}
+    asked = {f"{v}/{s}" for v in chosen for s in seeds}
     runs = {k: v for k, v in results.items() if k in asked}
     if not runs:
         return 0
     model = next(iter(runs.values()))["info"].get("model", args.recipe)
     report = {
-        "kind": "llm-adfa-u",
+        "kind": f"llm-{kind}",
         "recipe": args.recipe,
         "model": model,
         "steps": args.steps,
         "seeds": sorted({int(k.split("/")[1]) for k in runs}),
-        "holdouts": sorted({k.split("/")[0] for k in runs}),
+        "variants": [v for v in known if any(k.split("/")[0] == v for k in runs)],
+        "all_variants": list(known),
         "summary": summary(runs),
     }
     (out / "report").mkdir(exist_ok=True)
     (out / "report" / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [
-        f"# ADFA-U with the LLM voter ({args.recipe}, {args.steps} steps)",
+        f"# {kind} with the LLM voter ({args.recipe}, {args.steps} steps)",
         "",
         "| config | " + " | ".join(MODELS) + " |",
         "|---|" + "---:|" * len(MODELS),

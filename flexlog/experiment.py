@@ -82,8 +82,11 @@ def _builders(kind: str, datasets: Path, adfa: AdfaOptions):
 
 
 @lru_cache(maxsize=4)
-def _cached_builders(kind: str, datasets: Path, adfa: AdfaOptions):
-    return _builders(kind, datasets, adfa)
+def dataset_builders(kind: str, datasets: Path, adfa: AdfaOptions | None = None):
+    """(variant names, build(variant, seed) -> UladDataset) for ``kind`` ("adfa-u",
+    "synhdfs-u", "template-evolution"; ADFA-U on the paper's protocol unless ``adfa`` says
+    otherwise), the data read once per process."""
+    return _builders(kind, datasets, adfa or AdfaOptions())
 
 
 def set_torch_threads(threads: int) -> int | None:
@@ -111,7 +114,7 @@ def _run_cell(
     rules: Sequence[str] = ("majority",),
 ) -> tuple[dict, dict]:
     """One (variant, seed) run, in this process or a worker: (scores, dataset info)."""
-    ds = _cached_builders(kind, datasets, adfa)[1](variant, seed)
+    ds = dataset_builders(kind, datasets, adfa)[1](variant, seed)
     result = run_one(
         ds, voters, params, seed, align=kind == "template-evolution", added=added, rules=rules
     )
@@ -223,7 +226,7 @@ def run_experiment(
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
     console = console or Console()
     adfa = adfa or AdfaOptions()
-    names, _ = _cached_builders(kind, datasets, adfa)
+    names, _ = dataset_builders(kind, datasets, adfa)
     if variants is not None:
         wanted = {str(v) for v in variants}
         unknown = wanted - {str(n) for n in names}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flexlog.data.ulad import SYNHDFS_RATIOS
 from flexlog.evaluate import mann_whitney
 from flexlog.experiment import mean_std
 
@@ -329,41 +330,64 @@ def build_report(runs_dir: Path, out_dir: Path, link_base: Path | None = None) -
                     f"| {n} | {mean_std(with_rows[n]['average'])} | {mean_std(row['average'])} |"
                 )
         md.append("")
-    llm = [r for r in runs if r["kind"] == "llm-adfa-u"]
-    for r in llm:
-        md += llm_section(r)
+    for kind in ("llm-adfa-u", "llm-synhdfs-u"):
+        for r in (r for r in runs if r["kind"] == kind):
+            md += llm_section(r)
     return "\n".join(md).rstrip() + "\n"
 
 
-def llm_section(run: dict) -> list[str]:
-    """The LLM voter's rows; the published 0.612 / 0.704 / 0.660 / 0.664 stand beside them
-    only when all six holdouts were run (the published figures average all six)."""
-    from flexlog.data.adfa import ATTACK_TYPES
+#: The LLM experiment's rows, with the published figure each is measured like.
+LLM_ROWS = {
+    "llm": ("LLM alone", "LLM alone"),
+    "llm-no-rag": ("LLM alone without retrieval", None),
+    "flexlog": ("FlexLog: KNN + DT + SLFN + LLM, majority", "FlexLog"),
+    "flexlog-no-rag": ("FlexLog without retrieval", "FlexLog without retrieval"),
+    "ml-ensemble": ("ML only: KNN + DT + SLFN, majority", "ML only: KNN + DT + SLFN, majority"),
+    "default": ("flexlog default: KNN + DT + SLFN + ET, majority", None),
+    "default+llm": ("flexlog default + LLM, majority", None),
+    "ml:weighted": ("KNN + DT + SLFN, weighted (fitted)", None),
+    "ml:stacked": ("KNN + DT + SLFN, stacked (fitted)", None),
+    "flexlog:weighted": ("KNN + DT + SLFN + LLM, weighted (fitted without the LLM)", None),
+    "flexlog:stacked": ("KNN + DT + SLFN + LLM, stacked (fitted without the LLM)", None),
+}
 
+
+def _published(dataset: str, name: str | None) -> float | None:
+    """The published figure of a row (the paper's FlexLog row is named by its model)."""
+    if name is None:
+        return None
+    table = PUBLISHED[dataset]
+    if name == "FlexLog":
+        return next(v for k, v in table.items() if k.startswith("FlexLog") and "without" not in k)
+    return table.get(name)
+
+
+def llm_section(run: dict) -> list[str]:
+    """The LLM voter's rows. On ADFA-U the published figures (0.612 / 0.704 / 0.660 / 0.664)
+    stand beside them when every holdout was run (the published figures average all six); on
+    SynHDFS-U, built from other HDFS data than the paper's, they are listed below instead."""
+    dataset = run["kind"].removeprefix("llm-")
     s = run["summary"]
-    complete = sorted(run.get("holdouts", [])) == sorted(ATTACK_TYPES)
-    names = {
-        "llm": ("LLM alone", 0.612),
-        "llm-no-rag": ("LLM alone without retrieval", None),
-        "flexlog": ("FlexLog: KNN + DT + SLFN + LLM, majority", 0.704),
-        "flexlog-no-rag": ("FlexLog without retrieval", 0.660),
-        "ml-ensemble": ("ML only: KNN + DT + SLFN, majority", 0.664),
-        "default": ("flexlog default: KNN + DT + SLFN + ET, majority", None),
-        "default+llm": ("flexlog default + LLM, majority", None),
-        "ml:weighted": ("KNN + DT + SLFN, weighted (fitted)", None),
-        "ml:stacked": ("KNN + DT + SLFN, stacked (fitted)", None),
-        "flexlog:weighted": ("KNN + DT + SLFN + LLM, weighted (fitted without the LLM)", None),
-        "flexlog:stacked": ("KNN + DT + SLFN + LLM, stacked (fitted without the LLM)", None),
-    }
-    scope = (
-        "all six holdouts"
-        if complete
-        else f"holdouts {', '.join(run.get('holdouts', []))} only, so no published figure "
-        "(they average all six) stands beside these"
-    )
+    ran = run.get("variants", run.get("holdouts", []))
+    if dataset == "adfa-u":
+        from flexlog.data.adfa import ATTACK_TYPES
+
+        every = [str(v) for v in ATTACK_TYPES]
+        name, parts = "ADFA-U, paper protocol", "holdouts"
+    else:
+        every = [f"{v:g}" for v in SYNHDFS_RATIOS]
+        name, parts = "SynHDFS-U (offline DeepLog sessions, see ULAD protocols)", "ratios"
+    complete = sorted(ran) == sorted(every)
+    beside = complete and dataset == "adfa-u"
+    if complete:
+        scope = f"all {len(every)} {parts}"
+    else:
+        scope = f"{parts} {', '.join(ran)} only"
+        if dataset == "adfa-u":
+            scope += ", so no published figure (they average all six) stands beside these"
     lines = [
-        f"### The LLM voter on ADFA-U, paper protocol ({run['model']}, {run['steps']} "
-        f"fine-tuning steps, seeds {run['seeds']}, {scope})",
+        f"### The LLM voter on {name} ({run['model']}, {run['steps']} fine-tuning steps, "
+        f"seeds {run['seeds']}, {scope})",
         "",
         "| model | average F1 | published (Mistral Small 22B) | share of test sequences asked "
         "| MWU p vs ML only (A12) |",
@@ -373,7 +397,8 @@ def llm_section(run: dict) -> list[str]:
     subset = s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0)
     one_seed = len(run.get("seeds", [])) == 1
     for key, stat in s["average"].items():
-        label, pub = names.get(key, (key, None))
+        label, published = LLM_ROWS.get(key, (key, None))
+        pub = _published(dataset, published) if beside else None
         if subset and key in ("llm", "llm-no-rag"):
             label, pub = f"{label} (on a subset of the test sets)", None
         share = s.get("llm_asked_share", {}).get(key)
@@ -382,16 +407,23 @@ def llm_section(run: dict) -> list[str]:
         if reference and key != "ml-ensemble" and not (subset and key.startswith("llm")):
             test = _p_a12(stat["f1"], reference["f1"])
         lines.append(
-            f"| {label} | {value} | {'' if pub is None or not complete else f'{pub:.3f}'} "
+            f"| {label} | {value} | {'' if pub is None else f'{pub:.3f}'} "
             f"| {'' if share is None else f'{100 * share:.0f} %'} | {test} |"
         )
     if subset:
         lines += [
             "",
             f"The LLM alone was scored on {s['llm_alone_sequences']} of the "
-            f"{s['test_sequences']} test sequences (half attacks where possible), so its row "
+            f"{s['test_sequences']} test sequences (half anomalies where possible), so its row "
             "is not on the paper's full test sets; the ensembles are, asking the LLM where "
             "short-circuit voting needs it.",
+        ]
+    if dataset != "adfa-u":
+        lines += [
+            "",
+            "Published on HDFS v1 (other data, so not beside ours): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED[dataset].items())
+            + ".",
         ]
     return [*lines, ""]
 

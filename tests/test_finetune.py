@@ -446,7 +446,7 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     assert all(0 <= share <= 1 for share in info["llm_asked_share"].values())
     assert result["llm"]["scored"] == 6
     report = json.loads((out / "report" / "results.json").read_text())
-    assert report["kind"] == "llm-adfa-u" and report["holdouts"] == ["web"]
+    assert report["kind"] == "llm-adfa-u" and report["variants"] == ["web"]
     markdown = build_report(tmp_path / "runs", tmp_path / "docs")
     assert "holdouts web only, so no published figure" in markdown
     assert "scored on 6 of the 24 test sequences" in markdown
@@ -469,3 +469,38 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     (out / "results.json").write_text(json.dumps(results))
     assert experiment(argv) == 0
     assert json.loads((out / "report" / "results.json").read_text())["seeds"] == [0]
+
+
+@pytest.mark.slow
+def test_llm_experiment_on_synhdfs_u_shares_one_adapter_per_seed(
+    llm_stack, datasets_dir: Path, tmp_path: Path, capsys
+):
+    """SynHDFS-U changes test sets only, so its ratios train on one limited set per seed: one
+    fine-tuning (with the HDFS prompt domain) and one store of LLM answers serve them all, and
+    the report lists the published HDFS v1 figures apart from ours (other data)."""
+    from finetune.experiment import main as experiment
+    from flexlog.report import build_report
+
+    recipe = load_recipe("tiny-mistral").replace(max_seq_tokens=256)
+    path = recipe.dump(tmp_path / "tiny.yaml")
+    out = tmp_path / "runs" / "llm-syn"
+    argv = ["--dataset", "synhdfs-u", "--recipe", str(path), "--steps", "2", "--seeds", "0"]
+    argv += ["--variants", "0.05,0.3", "--test-limit", "16", "--llm-alone", "4"]
+    argv += ["--threads", "1", "--datasets", str(datasets_dir), "--out", str(out)]
+    assert experiment(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results) == ["0.05/0", "0.3/0"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["report", "seed-0"]
+    fine_tuned = load_recipe(out / "seed-0" / "finetune" / "recipe.yaml")
+    assert fine_tuned.domain == "hdfs" and fine_tuned.max_steps == 2
+    answers = json.loads((out / "seed-0" / "llm-answers-llm.json").read_text())
+    assert {e for events, _ in answers for e in events} <= {f"E{i}" for i in range(1, 30)}
+    report = json.loads((out / "report" / "results.json").read_text())
+    assert report["kind"] == "llm-synhdfs-u" and report["variants"] == ["0.05", "0.3"]
+    markdown = build_report(tmp_path / "runs", tmp_path / "docs")
+    assert "### The LLM voter on SynHDFS-U" in markdown and "ratios 0.05, 0.3 only" in markdown
+    assert "Published on HDFS v1 (other data, so not beside ours): FlexLog 0.971" in markdown
+    # a ratio that is not one of SynHDFS-U's is named in a clear error
+    capsys.readouterr()
+    assert experiment([*argv[:8], "--variants", "0.5", *argv[10:]]) == 2
+    assert "0.5 not a variant of synhdfs-u; known: 0.05, 0.1, 0.2, 0.3" in capsys.readouterr().err
