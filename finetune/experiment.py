@@ -41,7 +41,7 @@ from flexlog.ensemble import VotingEnsemble
 from flexlog.evaluate import scores
 from flexlog.experiment import dataset_builders
 from flexlog.training import train_detector
-from flexlog.voters.registry import DEFAULT_RULE, DEFAULT_VOTERS
+from flexlog.voters.registry import DEFAULT_RULE, DEFAULT_VOTERS, ML_VOTERS
 
 from .recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from .train import run as finetune
@@ -245,10 +245,10 @@ def run_config(
         for name, rag in (("llm", True), ("llm-no-rag", False))
     }
     bases = {
-        "ml": (["knn", "dt", "slfn"], "majority"),
+        "ml": (ML_VOTERS, "majority"),
         "default": (DEFAULT_VOTERS, DEFAULT_RULE),
-        "ml:weighted": (["knn", "dt", "slfn"], "weighted"),
-        "ml:stacked": (["knn", "dt", "slfn"], "stacked"),
+        "ml:weighted": (ML_VOTERS, "weighted"),
+        "ml:stacked": (ML_VOTERS, "stacked"),
     }
     built: dict[str, Detector] = {}
 
@@ -258,7 +258,7 @@ def run_config(
             built[name] = train_detector(ds.limited_train, voters, rule=rule, seed=seed)[0]
         return built[name]
 
-    if any(m not in result for m in ("knn", "dt", "slfn")):
+    if any(m not in result for m in ML_VOTERS):
         votes = base("ml").ensemble.votes(events)
         result.update({m: scores(y, v) for m, v in votes.items() if m not in result})
     for key, name in {
