@@ -406,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/llm-{kind}")
     out.mkdir(parents=True, exist_ok=True)
     results = _previous(out / "results.json", args.steps)
-    todo = [
-        (v, s) for v in chosen for s in seeds if not set(MODELS) <= set(results.get(f"{v}/{s}", {}))
-    ]
-    for v, s in [(v, s) for v in chosen for s in seeds if (v, s) not in todo]:
+    # seed by seed, so an interrupted run leaves whole seeds (what the report averages)
+    configs = [(v, s) for s in seeds for v in chosen]
+    todo = [(v, s) for v, s in configs if not set(MODELS) <= set(results.get(f"{v}/{s}", {}))]
+    for v, s in [c for c in configs if c not in todo]:
         print(f"{v}/{s}: already in {out / 'results.json'}, skipped", flush=True)
     kw = dict(
         kind=kind,
