@@ -376,7 +376,7 @@ def llm_section(run: dict) -> list[str]:
         name, parts = "ADFA-U, paper protocol", "holdouts"
     else:
         every = [f"{v:g}" for v in SYNHDFS_RATIOS]
-        name, parts = "SynHDFS-U (offline DeepLog sessions, see ULAD protocols)", "ratios"
+        name, parts = "SynHDFS-U, the offline DeepLog sessions (see ULAD protocols)", "ratios"
     complete = sorted(ran) == sorted(every)
     beside = complete and dataset == "adfa-u"
     if complete:
@@ -386,8 +386,8 @@ def llm_section(run: dict) -> list[str]:
         if dataset == "adfa-u":
             scope += ", so no published figure (they average all six) stands beside these"
     lines = [
-        f"### The LLM voter on {name} ({run['model']}, {run['steps']} fine-tuning steps, "
-        f"seeds {run['seeds']}, {scope})",
+        f"### The LLM voter on {name}: {run['model']}, {run['steps']} fine-tuning steps, "
+        f"seeds {run['seeds']}, {scope}",
         "",
         "| model | average F1 | published (Mistral Small 22B) | share of test sequences asked "
         "| MWU p vs ML only (A12) |",
