@@ -97,7 +97,8 @@ experiments-llm: $(LLM_STAMP)
 	$(LLM_RUN) --dataset adfa-u --out runs/llm-adfa-u
 	$(LLM_RUN) --dataset synhdfs-u --out runs/llm-synhdfs-u
 
-## The README's results (tables, plots in docs/results/) from whatever is in runs/.
+## The README's results (tables, plots in docs/results/) from the result records in runs/
+## (git keeps those: runs/*/results.json, progress.json and report/results.json).
 report: $(STAMP)
 	$(FLEXLOG) report --runs runs --out docs/results --readme README.md
 
@@ -128,5 +129,7 @@ serve: $(LLM_STAMP)
 	test -f $(BUNDLE)/voters/llm/llm.json || $(MAKE) finetune
 	$(FLEXLOG) serve --bundle $(BUNDLE) --vllm cpu --port $(SERVE_PORT)
 
+## Keeps the result records that git tracks under runs/ (the README's tables come from them).
 clean:
-	rm -rf build runs .pytest_cache
+	rm -rf build .pytest_cache
+	git clean -fdXq runs 2>/dev/null || true

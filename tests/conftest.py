@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,19 @@ def cache_location(request: pytest.FixtureRequest, mode: str, tmp_path: Path, na
     if mode == "postgresql":
         return request.getfixturevalue("postgres_url")
     return tmp_path / f"{name}.sqlite"
+
+
+def kept_by_git(runs: Path) -> set[str]:
+    """The files under an experiment folder tree that the checkout's .gitignore lets git keep,
+    as if ``runs`` were the repository's ``runs/`` (relative paths)."""
+    files = sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file())
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        input="\n".join(f"runs/{f}" for f in files),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout.split()
+    return set(files) - {f.removeprefix("runs/") for f in ignored}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import kept_by_git
 
 from flexlog.cli import build_parser, main
 from flexlog.experiment import run_experiment
@@ -602,6 +603,9 @@ def test_experiment_parallel_jobs_match_serial(datasets_dir: Path, tmp_path: Pat
         "0.1/0",
         "0.1/1",
     }
+    # git keeps the result records (the report's input, the resume point), not the plots
+    records = {f"{d}/{name}" for d in "ab" for name in ("results.json", "progress.json")}
+    assert kept_by_git(tmp_path) == records
 
 
 @pytest.mark.parametrize("flag", ["--jobs", "--threads"])

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("finetune") is None:  # plain `pytest` does not put the root on sys.path
     sys.path.insert(0, str(REPO))
 
+from conftest import kept_by_git  # noqa: E402
+
 from finetune.__main__ import main  # noqa: E402
 from finetune.recipe import Recipe, RecipeError, list_recipes, load_recipe  # noqa: E402
 from flexlog.data.adfa import load_adfa  # noqa: E402
@@ -500,6 +502,8 @@ def test_llm_experiment_on_synhdfs_u_shares_one_adapter_per_seed(
     markdown = build_report(tmp_path / "runs", tmp_path / "docs")
     assert "### The LLM voter on SynHDFS-U" in markdown and "ratios 0.05, 0.3 only" in markdown
     assert "Published on HDFS v1 (other data, so not beside ours): FlexLog 0.971" in markdown
+    # git keeps the report's input and the resume point, not adapters or LLM answers
+    assert kept_by_git(tmp_path / "runs") == {"llm-syn/results.json", "llm-syn/report/results.json"}
     # a ratio that is not one of SynHDFS-U's is named in a clear error
     capsys.readouterr()
     assert experiment([*argv[:8], "--variants", "0.5", *argv[10:]]) == 2
