@@ -141,11 +141,13 @@ def kept_by_git(runs: Path) -> set[str]:
     files = sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file())
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    ignored = subprocess.run(
+    done = subprocess.run(
         ["git", "check-ignore", "--no-index", "--stdin"],
         input="\n".join(f"runs/{f}" for f in files),
         capture_output=True,
         text=True,
         cwd=REPO,
-    ).stdout.split()
-    return set(files) - {f.removeprefix("runs/") for f in ignored}
+    )
+    if done.returncode not in (0, 1):  # 1: none ignored; anything else is git failing
+        pytest.fail(f"git check-ignore failed: {done.stderr.strip()}")
+    return set(files) - {f.removeprefix("runs/") for f in done.stdout.split()}
