@@ -224,6 +224,8 @@ def run_experiment(
     for name, value in (("jobs", jobs), ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+    if not seeds:
+        raise ValueError("seeds: at least one seed is needed, got none")
     console = console or Console()
     adfa = adfa or AdfaOptions()
     names, _ = dataset_builders(kind, datasets, adfa)

@@ -614,6 +614,11 @@ def test_experiment_rejects_bad_parallelism(capsys, flag: str, tmp_path: Path) -
     _one_line_error(rc, err, f"{flag.lstrip('-')} must be an integer ≥ 1")
 
 
+def test_experiment_rejects_no_seeds(capsys, tmp_path: Path) -> None:
+    rc, _, err = _run(capsys, "experiment", "synhdfs-u", "--seeds", "0", "--out", tmp_path)
+    _one_line_error(rc, err, "--seeds: the number of seeds must be at least 1, got 0")
+
+
 def test_experiment_rules_and_report(capsys, datasets_dir: Path, tmp_path: Path) -> None:
     """Each vote rule is scored as its own ensemble row; `flexlog report` turns the runs into
     Markdown tables (published figures only beside rows on the paper's protocol) and PNG plots,

@@ -20,6 +20,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     added = parse_voter_list(args.add) if args.add else []
     if set(added) & set(voters):
         raise CliError(f"--add repeats ensemble voters: {sorted(set(added) & set(voters))}")
+    if args.seeds < 1:
+        raise CliError(f"--seeds: the number of seeds must be at least 1, got {args.seeds}")
     seeds = list(range(args.seeds))
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     bad = [r for r in rules if r not in RULES]
@@ -59,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``experiment`` command."""
     x = subparsers.add_parser("experiment", help="ULAD experiment: voters and ensemble over seeds")
     x.add_argument("kind", choices=("adfa-u", "synhdfs-u", "template-evolution"))
-    x.add_argument("--seeds", type=int, default=5)
+    x.add_argument("--seeds", type=int, default=5, help="how many seeds: 0, 1, ... N-1 (default 5)")
     x.add_argument(
         "--voters", default="ml", help="the ensemble's voters (names or presets; default ml)"
     )
