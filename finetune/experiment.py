@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from flexlog.data.records import LogSequence, write_jsonl
 from flexlog.detector import Detector
 from flexlog.ensemble import VotingEnsemble
+from flexlog.environment import environment
 from flexlog.evaluate import scores
 from flexlog.experiment import dataset_builders
 from flexlog.training import train_detector
@@ -456,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": [v for v in known if any(k.split("/")[0] == v for k in runs)],
         "all_variants": list(known),
         "summary": summary(runs),
+        **environment(),
     }
     (out / "report").mkdir(exist_ok=True)
     (out / "report" / "results.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import json
-import platform
 import random
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from flexlog.data.hdfs import load_hdfs_sessions
 from flexlog.data.records import LogSequence
 from flexlog.data.ulad import INJECTIONS, build_synhdfs_u, inject
 from flexlog.detector import Detector, make_detector
+from flexlog.environment import environment
 
 PATHS = ("voters", "detector", "cache cold", "cache warm")
 
@@ -160,7 +160,7 @@ def run_bench(
         )
     memory = cache_memory()
     report = {
-        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+        **environment(),
         "voters": list(voters),
         "batch_size": batch_size,
         "rows": rows,
@@ -302,7 +302,7 @@ def bench_parse(
             row["generate_s"] = generated
             rows.append(row)
     report = {
-        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+        **environment(),
         "preset": preset,
         "seed": seed,
         "rows": rows,

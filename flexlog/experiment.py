@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from flexlog.data.ulad import SYNHDFS_RATIOS, UladDataset
 from flexlog.detector import Detector, make_detector, make_voters
 from flexlog.ensemble import VotingEnsemble, majority_vote, voter_scores
+from flexlog.environment import environment
 from flexlog.evaluate import mann_whitney, scores
 from flexlog.ingest import KeyAligner
 from flexlog.inner_validation import fit_rule, out_of_fold_scores
@@ -295,6 +296,7 @@ def run_experiment(
         "runs": runs,
         "summary": summary,
         "datasets": info,
+        **environment(),
     }
     (out_dir / "results.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out_dir / "results.md").write_text(markdown_table(kind, summary, seeds))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from flexlog.environment import environment
 
 __all__ = ["SCORE_SIZES", "bench_score", "scaling_model"]
 
@@ -94,11 +95,7 @@ def bench_score(
             for log in logs:
                 log.unlink()
     report = {
-        "machine": {
-            "python": platform.python_version(),
-            "processor": platform.machine(),
-            "cores": _cores(),
-        },
+        **environment(),
         "files": files,
         "seed": seed,
         "rows": rows,
@@ -112,10 +109,6 @@ def bench_score(
         _plot(report, out_dir / "score_bench.png")
         console.print(f"report written to {out_dir}/score_bench.md, .json, .png")
     return report
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _train_bundle(work: Path, seed: int) -> Path:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import kept_by_git
 
@@ -650,6 +651,8 @@ def test_experiment_rules_and_report(capsys, datasets_dir: Path, tmp_path: Path)
     assert {"ensemble", "ensemble:stacked"} <= set(saved["summary"]["models"])
     info = saved["datasets"]["web/0"]
     assert info["protocol"] == "paper" and info["limited_train"]["total"] == 50
+    # what it was measured with: a KNN tie can fall the other way with another numpy
+    assert saved["versions"]["numpy"] == np.__version__ and saved["machine"]["cores"] >= 1
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\ntail\n")
     rc, _, err = _run(
@@ -658,6 +661,7 @@ def test_experiment_rules_and_report(capsys, datasets_dir: Path, tmp_path: Path)
     assert rc == 0, err
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- results:end -->\n\ntail\n")
+    assert f"Libraries: flexlog {saved['versions']['flexlog']}, numpy {np.__version__}" in text
     assert "### ADFA-U by training-set size" in text and "| 50 | 100 |" in text
     assert "knn+dt+slfn (stacked)" in text
     assert "![F1 against the training-set size](docs/training-size.png)" in text
