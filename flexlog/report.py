@@ -212,14 +212,21 @@ def measured_with(runs: Sequence[dict]) -> list[str]:
     machines = list(dict.fromkeys(describe(r["machine"]) for r in runs if r.get("machine")))
     lines = [f"Machine: {'; '.join(machines or [describe()])}."]
     found: dict[str, list[str]] = {}
-    for r in runs:
-        for name, v in (r.get("versions") or {}).items():
+    recorded = [r for r in runs if r.get("versions")]
+    for r in recorded:
+        for name, v in r["versions"].items():
             found.setdefault(name, [])
             if v not in found[name]:
                 found[name].append(v)
     if found:
         libs = ", ".join(f"{n} {' / '.join(v)}" for n, v in found.items())
-        lines.append(f"Libraries: {libs}.")
+        which = (
+            ""
+            if len(recorded) == len(runs)
+            else f" (as recorded by {len(recorded)} of the {len(runs)} records; the others "
+            "predate recording them)"
+        )
+        lines.append(f"Libraries{which}: {libs}.")
     return lines
 
 
