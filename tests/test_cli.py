@@ -15,6 +15,7 @@ from conftest import kept_by_git
 
 from flexlog.cli import build_parser, main
 from flexlog.experiment import run_experiment
+from flexlog.report import measured_with
 from flexlog.voters.registry import DEFAULT_RULE, DEFAULT_VOTERS
 
 SPLITS = ("train.jsonl", "limited_train.jsonl", "test.jsonl", "info.json")
@@ -618,6 +619,24 @@ def test_experiment_rejects_bad_parallelism(capsys, flag: str, tmp_path: Path) -
 def test_experiment_rejects_no_seeds(capsys, tmp_path: Path) -> None:
     rc, _, err = _run(capsys, "experiment", "synhdfs-u", "--seeds", "0", "--out", tmp_path)
     _one_line_error(rc, err, "--seeds: the number of seeds must be at least 1, got 0")
+
+
+def test_report_names_what_records_were_measured_with() -> None:
+    """Versions that differ between records are all given, and records that predate
+    recording them are counted, not passed off as measured with today's libraries."""
+    m = {"python": "3.11.7", "processor": "x86_64", "cores": 2, "memory_gib": 23.4, "gpu": False}
+    runs = [
+        {"machine": m, "versions": {"numpy": "2.3.5", "scikit-learn": "1.9.1"}},
+        {"machine": m, "versions": {"numpy": "2.4.0", "scikit-learn": "1.9.1"}},
+        {},
+    ]
+    lines = measured_with(runs)
+    assert lines[0] == "Machine: 2 CPU cores (x86_64), 23 GiB, no GPU, Python 3.11.7."
+    assert lines[1] == (
+        "Libraries (as recorded by 2 of the 3 records; the others predate recording them): "
+        "numpy 2.3.5 / 2.4.0, scikit-learn 1.9.1."
+    )
+    assert measured_with(runs[:1])[1] == "Libraries: numpy 2.3.5, scikit-learn 1.9.1."
 
 
 def test_experiment_rules_and_report(capsys, datasets_dir: Path, tmp_path: Path) -> None:
