@@ -318,6 +318,23 @@ def _previous(path: Path, steps: int) -> dict[str, dict]:
     return {k: r for k, r in old.items() if r.get("info", {}).get("finetune_steps") == steps}
 
 
+def still_to_score(result: dict | None, llm_alone: int | None) -> set[str]:
+    """The rows of an earlier result of a configuration that a run asking for ``llm_alone``
+    must compute: those missing, and the LLM-alone rows scored on fewer test sequences than
+    asked (e.g. a 60-sequence subset, now extended to the full test set; the LLM's answers
+    kept in the work folder are not asked again)."""
+    result = result or {}
+    todo = set(MODELS) - set(result)
+    total = result.get("info", {}).get("test_sequences")
+    if total is None:
+        return todo
+    wanted = total if llm_alone is None else min(llm_alone, total)
+    for name in ("llm", "llm-no-rag"):
+        if name in result and result[name].get("scored", wanted) < wanted:
+            todo.add(name)
+    return todo
+
+
 def summary(results: dict) -> dict:
     """Per model: mean/std over configurations of F1, and per seed the average over variants
     (what the report's Mann-Whitney tests read); the mean share of sequences the LLM got."""
@@ -380,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="N",
-        help="score the LLM alone on N test sequences (half anomalies; default all): the "
-        "ensembles ask it only where short-circuit voting needs it",
+        help="score the LLM alone on N test sequences (half anomalies; default all, the "
+        "paper's): the ensembles ask it only where short-circuit voting needs it. A rerun "
+        "with a larger N, or none, extends the LLM-alone rows of finished configurations, "
+        "asking only about sequences not asked before",
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
@@ -403,15 +422,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
+    if args.llm_alone is not None and args.llm_alone < 1:
+        print(f"error: --llm-alone must be at least 1, got {args.llm_alone}", file=sys.stderr)
+        return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out or f"runs/llm-{kind}")
     out.mkdir(parents=True, exist_ok=True)
     results = _previous(out / "results.json", args.steps)
     # seed by seed, so an interrupted run leaves whole seeds (what the report averages)
     configs = [(v, s) for s in seeds for v in chosen]
-    todo = [(v, s) for v, s in configs if not set(MODELS) <= set(results.get(f"{v}/{s}", {}))]
+    stale = {
+        f"{v}/{s}": still_to_score(results.get(f"{v}/{s}"), args.llm_alone) for v, s in configs
+    }
+    todo = [(v, s) for v, s in configs if stale[f"{v}/{s}"]]
     for v, s in [c for c in configs if c not in todo]:
         print(f"{v}/{s}: already in {out / 'results.json'}, skipped", flush=True)
+
+    def done(key: str) -> dict | None:
+        """The earlier result without the rows to compute again."""
+        if key not in results:
+            return None
+        return {m: r for m, r in results[key].items() if m not in stale[key]}
+
     kw = dict(
         kind=kind,
         recipe=args.recipe,
@@ -423,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     groups: dict[Path, list] = {}
     for v, s in todo:
-        groups.setdefault(workdir(out, kind, v, s), []).append((v, s, results.get(f"{v}/{s}")))
+        groups.setdefault(workdir(out, kind, v, s), []).append((v, s, done(f"{v}/{s}")))
 
     def record(variant: str, seed: int, result: dict) -> None:
         key = f"{variant}/{seed}"
@@ -435,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs == 1:
         for v, s in todo:
-            record(v, s, run_config(datasets, v, s, done=results.get(f"{v}/{s}"), **kw))
+            record(v, s, run_config(datasets, v, s, done=done(f"{v}/{s}"), **kw))
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(_run_group, datasets, group, **kw) for group in groups.values()]

@@ -471,6 +471,20 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     (out / "results.json").write_text(json.dumps(results))
     assert experiment(argv) == 0
     assert json.loads((out / "report" / "results.json").read_text())["seeds"] == [0]
+    # without --llm-alone the LLM-alone rows are extended to the whole test set, the other
+    # rows kept and the sequences asked before not asked again
+    asked = len(json.loads((out / "web-0" / "llm-answers-llm.json").read_text()))
+    full = [a for a in argv if a not in ("--llm-alone", "6")]
+    assert experiment(full) == 0
+    extended = json.loads((out / "results.json").read_text())["web/0"]
+    assert extended["llm"]["scored"] == extended["llm-no-rag"]["scored"] == 24
+    assert extended["info"]["llm_alone_sequences"] == 24
+    assert extended["flexlog"] == result["flexlog"] and extended["knn"] == result["knn"]
+    kept = json.loads((out / "web-0" / "llm-answers-llm.json").read_text())
+    assert asked <= len(kept) <= 24
+    assert "| LLM alone (on a subset" not in build_report(tmp_path / "runs", tmp_path / "d2")
+    assert experiment(argv) == 0  # a smaller --llm-alone keeps the full rows
+    assert json.loads((out / "results.json").read_text())["web/0"]["llm"]["scored"] == 24
 
 
 @pytest.mark.slow
