@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 SMOLLM2 = "smollm2"
@@ -42,16 +43,29 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _atomic_dir(out: Path):
+def _materialized(out: Path, build: Callable[[Path], dict], *, force: bool = False) -> Path:
+    """``out``, written once by ``build(tmp)`` (which returns what the marker file records).
+
+    Several processes may ask at once (parallel experiment jobs, Ray workers on one machine):
+    a file lock beside ``out`` lets the first build it while the others wait, then find it
+    complete; without the lock a late writer would replace the directory under a reader.
+    """
+    from filelock import FileLock
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def _publish(tmp: Path, out: Path, info: dict) -> Path:
-    (tmp / _MARKER).write_text(json.dumps(info, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with FileLock(out.parent / f".{out.name}.lock"):
+        if (out / _MARKER).is_file() and not force:
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            info = build(tmp)
+            (tmp / _MARKER).write_text(json.dumps(info, indent=1) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
@@ -61,11 +75,9 @@ def materialize_smollm2(out: Path | None = None, *, force: bool = False) -> Path
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = out or flexlog_home() / "models" / "smollm2-135m-instruct"
-    if (out / _MARKER).is_file() and not force:
-        return out
     gguf = smollm2_gguf()
-    tmp = _atomic_dir(out)
-    try:
+
+    def build(tmp: Path) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -78,10 +90,9 @@ def materialize_smollm2(out: Path | None = None, *, force: bool = False) -> Path
         model.generation_config = loaded.generation_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        return _publish(tmp, out, {"source": str(gguf), "format": "gguf → float32 safetensors"})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return {"source": str(gguf), "format": "gguf → float32 safetensors"}
+
+    return _materialized(out, build, force=force)
 
 
 def build_tiny_mistral(out: Path | None = None, *, seed: int = 0, force: bool = False) -> Path:
@@ -94,32 +105,29 @@ def build_tiny_mistral(out: Path | None = None, *, seed: int = 0, force: bool = 
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
     out = out or flexlog_home() / "models" / "tiny-mistral"
-    if (out / _MARKER).is_file() and not force:
-        return out
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    tmp = _atomic_dir(out)
-    try:
+
+    def build(tmp: Path) -> dict:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))
+        config = MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            sliding_window=None,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+        )
+        torch.manual_seed(seed)
         MistralForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        return _publish(tmp, out, {"source": "random MistralConfig", "seed": seed})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return {"source": "random MistralConfig", "seed": seed}
+
+    return _materialized(out, build, force=force)
 
 
 def resolve_model(name_or_path: str | Path) -> str:
