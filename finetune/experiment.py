@@ -28,6 +28,7 @@ import json
 import random
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,20 +466,50 @@ def main(argv: list[str] | None = None) -> int:
         f1 = "  ".join(f"{m} {result[m]['f1']:.3f}" for m in MODELS)
         print(f"{key}: {f1}", flush=True)
 
+    failed: list[str] = []
+
+    def failure(configs: str, exc: BaseException) -> None:
+        """A configuration that fails is reported and the others go on (their results are
+        recorded as each finishes); the run exits non-zero naming what to run again."""
+        failed.append(configs)
+        trace = "".join(traceback.format_exception(exc))
+        print(f"{configs}: failed, the others go on\n{trace}", file=sys.stderr, flush=True)
+
     if args.jobs == 1:
         for v, s in todo:
-            record(v, s, run_config(datasets, v, s, done=done(f"{v}/{s}"), **kw))
+            try:
+                record(v, s, run_config(datasets, v, s, done=done(f"{v}/{s}"), **kw))
+            except Exception as exc:
+                failure(f"{v}/{s}", exc)
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(_run_group, datasets, group, **kw) for group in groups.values()]
+            futures = {
+                pool.submit(_run_group, datasets, group, **kw): ", ".join(
+                    f"{v}/{s}" for v, s, _ in group
+                )
+                for group in groups.values()
+            }
             for future in as_completed(futures):
-                for v, s, result in future.result():
+                try:
+                    finished = future.result()
+                except Exception as exc:
+                    failure(futures[future], exc)
+                    continue
+                for v, s, result in finished:
                     record(v, s, result)
     # the report covers the configurations asked for (others in the file stay there)
     asked = {f"{v}/{s}" for v in chosen for s in seeds}
     runs = {k: v for k, v in results.items() if k in asked}
+    status = 0
+    if failed:
+        print(
+            f"failed: {'; '.join(failed)}; the same command runs them again and keeps "
+            "what finished",
+            file=sys.stderr,
+        )
+        status = 1
     if not runs:
-        return 0
+        return status
     model = next(iter(runs.values()))["info"].get("model", args.recipe)
     report = {
         "kind": f"llm-{kind}",
@@ -507,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
+    return status
 
 
 if __name__ == "__main__":

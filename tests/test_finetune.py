@@ -427,7 +427,9 @@ def test_finetune_calibrates_and_joins_the_bundle(llm_stack, train40: Path, tmp_
 
 
 @pytest.mark.slow
-def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, tmp_path: Path):
+def test_llm_experiment_reports_rows_and_shares(
+    llm_stack, datasets_dir: Path, tmp_path: Path, capsys
+):
     """The LLM experiment on one ADFA-U holdout (tiny Mistral, 2 steps): every row, the share
     of sequences the ensembles asked the LLM about, and a report `flexlog report` reads."""
     from finetune.experiment import MODELS
@@ -485,6 +487,21 @@ def test_llm_experiment_reports_rows_and_shares(llm_stack, datasets_dir: Path, t
     assert "| LLM alone (on a subset" not in build_report(tmp_path / "runs", tmp_path / "d2")
     assert experiment(argv) == 0  # a smaller --llm-alone keeps the full rows
     assert json.loads((out / "results.json").read_text())["web/0"]["llm"]["scored"] == 24
+    # in parallel jobs a configuration that fails is reported, the others are recorded and
+    # the run exits non-zero (here java/0's folder holds an adapter for another training set)
+    (out / "java-0" / "finetune" / "adapter").mkdir(parents=True)
+    (out / "java-0" / "limited_train.jsonl").write_text("{}\n")
+    results = json.loads((out / "results.json").read_text())
+    results["web/0"].pop("flexlog:stacked")
+    (out / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    both = [*argv, "--holdouts", "web,java", "--jobs", "2"]
+    assert experiment(both) == 1
+    err = capsys.readouterr().err
+    assert "java/0: failed, the others go on" in err and "differs from the limited" in err
+    assert "failed: java/0; the same command runs them again" in err
+    again = json.loads((out / "results.json").read_text())
+    assert again["web/0"]["flexlog:stacked"]["f1"] == stacked["f1"] and "java/0" not in again
 
 
 @pytest.mark.slow
