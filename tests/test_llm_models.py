@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flexlog.llm.models import _MARKER, _materialized
+from flexlog.llm.models import _MARKER, materialized
 
 
 def _slow_build(tmp: Path) -> dict:
@@ -26,7 +26,7 @@ def _slow_build(tmp: Path) -> dict:
 
 
 def _first_use(out: str, seen: multiprocessing.Queue) -> None:
-    path = _materialized(Path(out), _slow_build)
+    path = materialized(Path(out), _slow_build)
     seen.put(sorted(p.name for p in path.iterdir()))
 
 
@@ -56,16 +56,16 @@ def test_a_failed_build_leaves_nothing_and_the_next_one_builds(tmp_path):
         raise RuntimeError("conversion failed")
 
     with pytest.raises(RuntimeError, match="conversion failed"):
-        _materialized(out, broken)
+        materialized(out, broken)
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
-    assert (_materialized(out, _slow_build) / "weights.bin").is_file()
+    assert (materialized(out, _slow_build) / "weights.bin").is_file()
 
 
 def test_force_rebuilds(tmp_path):
     out = tmp_path / "m"
-    _materialized(out, _slow_build)
+    materialized(out, _slow_build)
     (out / "stale").write_text("old")
-    _materialized(out, _slow_build, force=True)
+    materialized(out, _slow_build, force=True)
     assert not (out / "stale").exists()
     assert len((tmp_path / "builds.log").read_text().splitlines()) == 2

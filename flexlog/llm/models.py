@@ -43,8 +43,11 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _materialized(out: Path, build: Callable[[Path], dict], *, force: bool = False) -> Path:
-    """``out``, written once by ``build(tmp)`` (which returns what the marker file records).
+def materialized(
+    out: Path, build: Callable[[Path], dict], *, marker: str = _MARKER, force: bool = False
+) -> Path:
+    """``out``, written once by ``build(tmp)``, which returns what the ``marker`` file inside
+    it records (a directory without the marker is unfinished and built again).
 
     Several processes may ask at once (parallel experiment jobs, Ray workers on one machine):
     a file lock beside ``out`` lets the first build it while the others wait, then find it
@@ -54,12 +57,12 @@ def _materialized(out: Path, build: Callable[[Path], dict], *, force: bool = Fal
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.parent / f".{out.name}.lock"):
-        if (out / _MARKER).is_file() and not force:
+        if (out / marker).is_file() and not force:
             return out
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             info = build(tmp)
-            (tmp / _MARKER).write_text(json.dumps(info, indent=1) + "\n")
+            (tmp / marker).write_text(json.dumps(info, indent=1) + "\n")
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -92,7 +95,7 @@ def materialize_smollm2(out: Path | None = None, *, force: bool = False) -> Path
         tokenizer.save_pretrained(tmp)
         return {"source": str(gguf), "format": "gguf → float32 safetensors"}
 
-    return _materialized(out, build, force=force)
+    return materialized(out, build, force=force)
 
 
 def build_tiny_mistral(out: Path | None = None, *, seed: int = 0, force: bool = False) -> Path:
@@ -127,7 +130,7 @@ def build_tiny_mistral(out: Path | None = None, *, seed: int = 0, force: bool = 
         tokenizer.save_pretrained(tmp)
         return {"source": "random MistralConfig", "seed": seed}
 
-    return _materialized(out, build, force=force)
+    return materialized(out, build, force=force)
 
 
 def resolve_model(name_or_path: str | Path) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flexlog.llm.backends.base import BackendError
-from flexlog.llm.models import resolve_model
+from flexlog.llm.models import flexlog_home, materialized, resolve_model
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: LoRA ranks vLLM accepts for ``--max-lora-rank``.
@@ -128,8 +127,6 @@ def merged_checkpoint(model: str | Path, adapter: str | Path, out: Path | None =
     """
     import hashlib
 
-    from flexlog.llm.models import flexlog_home
-
     model_path, adapter = Path(resolve_model(model)), Path(adapter)
     digest = hashlib.sha256()
     for path in (adapter / "adapter_config.json", adapter / "adapter_model.safetensors"):
@@ -137,29 +134,19 @@ def merged_checkpoint(model: str | Path, adapter: str | Path, out: Path | None =
     for path in sorted(model_path.glob("*.json")):  # config + the flexlog marker
         digest.update(path.name.encode() + path.read_bytes())
     out = out or flexlog_home() / "merged" / f"{model_path.name}-{digest.hexdigest()[:16]}"
-    if (out / MERGED_MARKER).is_file():
-        return out
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    check_vllm_adapter(adapter, str(model_path), max_lora_rank=max(VLLM_LORA_RANKS))
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def build(tmp: Path) -> dict:
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        check_vllm_adapter(adapter, str(model_path), max_lora_rank=max(VLLM_LORA_RANKS))
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
-        info = {"base": str(model_path), "adapter": str(adapter), "sha256": digest.hexdigest()}
-        (tmp / MERGED_MARKER).write_text(json.dumps(info, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        return {"base": str(model_path), "adapter": str(adapter), "sha256": digest.hexdigest()}
+
+    return materialized(out, build, marker=MERGED_MARKER)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
