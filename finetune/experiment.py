@@ -16,6 +16,12 @@ Resumable at two levels: finished configurations are skipped, a configuration th
 rows computes only those, reusing its fine-tuned adapter and the LLM answers it already has
 (``llm-answers-*.json`` beside the adapter).
 
+The LLM runs in-process through the transformers backend (float32, the default) or vLLM
+(``--llm-backend vllm``: the adapter merged, bfloat16 where the CPU computes it natively, ~4x
+the rate on 2 cores). Each LLM row records the backend that scored it, the answers are kept
+per backend, and a row is never scored with the answers of two backends; where both answered
+the same sequences their agreement is recorded (``info["llm_agreement"]``).
+
 ``python -m finetune.experiment --steps 100 --seeds 0,1,2 --jobs 2 --out runs/llm-adfa-u``
 ``python -m finetune.experiment --dataset synhdfs-u --steps 100 --seeds 0,1,2 --jobs 2 \
 --out runs/llm-synhdfs-u``
@@ -42,6 +48,7 @@ from flexlog.ensemble import VotingEnsemble
 from flexlog.environment import environment
 from flexlog.evaluate import scores
 from flexlog.experiment import dataset_builders
+from flexlog.llm.backends import DEFAULT_BACKEND
 from flexlog.training import train_detector
 from flexlog.voters.registry import DEFAULT_RULE, DEFAULT_VOTERS, ML_VOTERS
 
@@ -75,6 +82,10 @@ WITH_LLM = {
 }
 #: The LLM is asked about this many sequences at a time (progress is shown per batch).
 LLM_BATCH = 32
+#: The in-process LLM backends the experiment can score with; the first is the default.
+LLM_BACKENDS = (DEFAULT_BACKEND, "vllm")
+#: The LLM-alone rows and whether their LLM gets retrieval.
+LLM_ALONE_ROWS = {"llm": True, "llm-no-rag": False}
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,32 @@ class _AskedLLM:
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)
 
+    def close(self) -> None:
+        """Release the model (one engine in memory at a time); asking again reloads it."""
+        if self._voter is not None:
+            self._voter.close()
+            self._voter = None
+
+
+def answers_path(work: Path, name: str, backend: str) -> Path:
+    """Where the answers of LLM row ``name`` scored with ``backend`` are kept (the default
+    backend keeps the name records written before there was a choice)."""
+    suffix = "" if backend == LLM_BACKENDS[0] else f"@{backend}"
+    return work / f"llm-answers-{name}{suffix}.json"
+
+
+def agreement(a: Path, b: Path) -> dict | None:
+    """The share of identical labels where two answer stores answered the same sequences."""
+    if not (a.is_file() and b.is_file()):
+        return None
+    first = {tuple(e): p > 0.5 for e, p in json.loads(a.read_text())}
+    second = {tuple(e): p > 0.5 for e, p in json.loads(b.read_text())}
+    both = first.keys() & second.keys()
+    if not both:
+        return None
+    same = sum(first[k] == second[k] for k in both)
+    return {"sequences": len(both), "agreement": same / len(both)}
+
 
 def _with_llm(base: Detector, test: list[LogSequence], llm: _AskedLLM) -> tuple[list[int], float]:
     """Labels of ``base``'s voters plus the LLM under ``base``'s rule, short-circuited, and
@@ -218,13 +255,16 @@ def run_config(
     out: Path,
     test_limit,
     threads,
-    llm_alone: int | None = None,
+    llm_alone: int | dict[str, int | None] | None = None,
+    llm_backend: str = LLM_BACKENDS[0],
     done: dict | None = None,
 ) -> dict:
     """Fine-tune and evaluate one configuration of ``kind`` (ADFA-U: ``variant`` is the
     held-out attack type; SynHDFS-U: the instability ratio); returns F1 etc. per model. The
-    LLM alone is scored on ``llm_alone`` test sequences (None: all of them). Rows already in
-    ``done`` (an earlier result of this configuration) are kept, not computed again."""
+    LLM alone is scored on ``llm_alone`` test sequences (None: all of them; a mapping gives
+    it per LLM-alone row). Rows already in ``done`` (an earlier result of this configuration)
+    are kept, not computed again. The LLM rows computed here are scored with
+    ``llm_backend``, one LLM loaded at a time."""
     result = {k: v for k, v in (done or {}).items() if k in MODELS}
     info = dict((done or {}).get("info", {}))
     _, build = dataset_builders(kind, datasets)
@@ -240,12 +280,14 @@ def run_config(
     events = [s.events for s in test]
     llms = {
         name: _AskedLLM(
-            lambda rag=rag: recipe_.llm_voter(adapter, retrieval=rag).fit([]),
+            lambda rag=rag: recipe_.llm_voter(adapter, retrieval=rag, backend=llm_backend).fit([]),
             f"{variant}/{seed} {name}",
-            work / f"llm-answers-{name}.json",
+            answers_path(work, name, llm_backend),
         )
-        for name, rag in (("llm", True), ("llm-no-rag", False))
+        for name, rag in LLM_ALONE_ROWS.items()
     }
+    if not isinstance(llm_alone, dict):
+        llm_alone = dict.fromkeys(LLM_ALONE_ROWS, llm_alone)
     bases = {
         "ml": (ML_VOTERS, "majority"),
         "default": (DEFAULT_VOTERS, DEFAULT_RULE),
@@ -273,22 +315,35 @@ def run_config(
             result[key] = scores(y, [v.label for v in base(name).vote(test)])
     shares = dict(info.get("llm_asked_share", {}))
     seconds = dict(info.get("llm_seconds", {}))
-    for key, (name, llm) in WITH_LLM.items():
-        if key in result:
-            continue
-        start = time.perf_counter()
-        labels, shares[key] = _with_llm(base(name), test, llms[llm])
-        seconds[key] = time.perf_counter() - start
-        result[key] = scores(y, labels)
-    alone = test if llm_alone is None else _subsample(test, llm_alone, seed)
+    alone_sizes = dict(info.get("llm_alone_rows", {}))
     for name, llm in llms.items():
-        if name in result:
-            continue
-        start = time.perf_counter()
-        p = llm.predict_proba([s.events for s in alone])[:, 1]
-        seconds[name] = time.perf_counter() - start
-        result[name] = scores([s.label for s in alone], (p > 0.5).astype(int))
-        result[name]["scored"] = len(alone)
+        for key, (base_name, asked) in WITH_LLM.items():
+            if key in result or asked != name:
+                continue
+            start = time.perf_counter()
+            labels, shares[key] = _with_llm(base(base_name), test, llm)
+            seconds[key] = time.perf_counter() - start
+            result[key] = {**scores(y, labels), "backend": llm_backend}
+        if name not in result:
+            limit = llm_alone.get(name)
+            alone = test if limit is None else _subsample(test, limit, seed)
+            start = time.perf_counter()
+            p = llm.predict_proba([s.events for s in alone])[:, 1]
+            seconds[name] = time.perf_counter() - start
+            labels = (p > 0.5).astype(int)
+            result[name] = {**scores([s.label for s in alone], labels), "backend": llm_backend}
+            result[name]["scored"] = len(alone)
+        alone_sizes[name] = result[name].get("scored", len(test))
+        llm.close()
+    agree = dict(info.get("llm_agreement", {}))
+    reference = LLM_BACKENDS[0]
+    for name in llms:
+        for other in LLM_BACKENDS[1:]:
+            measured = agreement(
+                answers_path(work, name, reference), answers_path(work, name, other)
+            )
+            if measured is not None:
+                agree[f"{name}: {reference} vs {other}"] = measured
     info.update(
         {
             "test_sequences": len(test),
@@ -299,7 +354,9 @@ def run_config(
             "validation": report.get("validation"),
             "llm_seconds": seconds,
             "llm_asked_share": shares,
-            "llm_alone_sequences": len(alone),
+            "llm_alone_sequences": alone_sizes["llm"],
+            "llm_alone_rows": alone_sizes,
+            "llm_agreement": agree,
             "model": recipe_.base_model,
         }
     )
@@ -319,45 +376,98 @@ def _previous(path: Path, steps: int) -> dict[str, dict]:
     return {k: r for k, r in old.items() if r.get("info", {}).get("finetune_steps") == steps}
 
 
-def still_to_score(result: dict | None, llm_alone: int | None) -> set[str]:
+def still_to_score(result: dict | None, llm_alone: int | dict[str, int | None] | None) -> set[str]:
     """The rows of an earlier result of a configuration that a run asking for ``llm_alone``
-    must compute: those missing, and the LLM-alone rows scored on fewer test sequences than
-    asked (e.g. a 60-sequence subset, now extended to the full test set; the LLM's answers
-    kept in the work folder are not asked again)."""
+    (per LLM-alone row where a mapping) must compute: those missing, and the LLM-alone rows
+    scored on fewer test sequences than asked (e.g. a 60-sequence subset, now extended to the
+    full test set; the LLM's answers kept in the work folder are not asked again)."""
     result = result or {}
     todo = set(MODELS) - set(result)
     total = result.get("info", {}).get("test_sequences")
     if total is None:
         return todo
-    wanted = total if llm_alone is None else min(llm_alone, total)
-    for name in ("llm", "llm-no-rag"):
+    if not isinstance(llm_alone, dict):
+        llm_alone = dict.fromkeys(LLM_ALONE_ROWS, llm_alone)
+    for name in LLM_ALONE_ROWS:
+        limit = llm_alone.get(name)
+        wanted = total if limit is None else min(limit, total)
         if name in result and result[name].get("scored", wanted) < wanted:
             todo.add(name)
     return todo
 
 
+def _scored_all(result: dict, name: str) -> bool:
+    """Whether LLM-alone row ``name`` of a configuration was scored on its whole test set."""
+    total = result["info"]["test_sequences"]
+    return result[name].get("scored", total) >= total
+
+
 def summary(results: dict) -> dict:
-    """Per model: mean/std over configurations of F1, and per seed the average over variants
-    (what the report's Mann-Whitney tests read); the mean share of sequences the LLM got."""
-    seeds = sorted({k.split("/")[1] for k in results}, key=int)
+    """Per model: mean/std over seeds of the average F1 over variants, per seed (what the
+    report's Mann-Whitney tests read) and which seeds. An LLM-alone row averages the seeds
+    whose every configuration scored it on the whole test set where there are such seeds
+    (``subset`` false), else every seed (``subset`` true), never a mix. Also the mean share
+    of sequences the ensembles asked the LLM about, the backends that scored each LLM row,
+    and where two backends answered the same sequences, how often their labels agreed."""
+
+    def seed_of(key: str) -> int:
+        return int(key.split("/")[1])
+
+    seeds = sorted({seed_of(k) for k in results})
     average = {}
     for m in MODELS:
+        used = seeds
+        if m in LLM_ALONE_ROWS:
+            full = [
+                s
+                for s in seeds
+                if all(_scored_all(r, m) for k, r in results.items() if seed_of(k) == s)
+            ]
+            used = full or seeds
         per_seed = [
-            float(np.mean([r[m]["f1"] for k, r in results.items() if k.split("/")[1] == s]))
-            for s in seeds
+            float(np.mean([r[m]["f1"] for k, r in results.items() if seed_of(k) == s]))
+            for s in used
         ]
         average[m] = {
             "mean": float(np.mean(per_seed)),
             "std": float(np.std(per_seed)),
             "f1": per_seed,
+            "seeds": used,
         }
+        if m in LLM_ALONE_ROWS:
+            rows = [r for k, r in results.items() if seed_of(k) in used]
+            total = sum(r["info"]["test_sequences"] for r in rows)
+            average[m]["test_sequences"] = total
+            average[m]["scored"] = sum(
+                r[m].get("scored", r["info"]["test_sequences"]) for r in rows
+            )
+            average[m]["subset"] = used != full
     shares = [r["info"].get("llm_asked_share", {}) for r in results.values()]
     sizes = [
         (r["info"]["test_sequences"], r["info"].get("llm_alone_sequences"))
         for r in results.values()
     ]
+    agree: dict[str, dict] = {}
+    for r in results.values():
+        for pair, measured in r["info"].get("llm_agreement", {}).items():
+            entry = agree.setdefault(pair, {"sequences": 0, "same": 0.0, "configurations": 0})
+            entry["sequences"] += measured["sequences"]
+            entry["same"] += measured["agreement"] * measured["sequences"]
+            entry["configurations"] += 1
     return {
         "average": average,
+        "llm_backends": {
+            m: sorted({r[m].get("backend", LLM_BACKENDS[0]) for r in results.values()})
+            for m in (*WITH_LLM, *LLM_ALONE_ROWS)
+        },
+        "llm_agreement": {
+            pair: {
+                "sequences": e["sequences"],
+                "configurations": e["configurations"],
+                "agreement": round(e["same"] / e["sequences"], 4),
+            }
+            for pair, e in agree.items()
+        },
         "test_sequences": int(sum(t for t, _ in sizes)),
         "llm_alone_sequences": int(sum(a if a is not None else t for t, a in sizes)),
         "llm_asked_share": {
@@ -403,6 +513,21 @@ def main(argv: list[str] | None = None) -> int:
         "with a larger N, or none, extends the LLM-alone rows of finished configurations, "
         "asking only about sequences not asked before",
     )
+    ap.add_argument(
+        "--llm-alone-no-rag",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the same for the LLM alone without retrieval (default: as --llm-alone)",
+    )
+    ap.add_argument(
+        "--llm-backend",
+        choices=LLM_BACKENDS,
+        default=LLM_BACKENDS[0],
+        help="how the LLM runs: transformers (float32) or vllm (in-process engine, adapter "
+        "merged, bfloat16 where the CPU has it; its threads take every core, so use --jobs 1). "
+        "Rows record their backend; answers are kept per backend",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
     ap.add_argument("--datasets", default="../shared/datasets")
@@ -423,18 +548,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
-    if args.llm_alone is not None and args.llm_alone < 1:
-        print(f"error: --llm-alone must be at least 1, got {args.llm_alone}", file=sys.stderr)
-        return 2
+    for flag, value in (
+        ("--llm-alone", args.llm_alone),
+        ("--llm-alone-no-rag", args.llm_alone_no_rag),
+    ):
+        if value is not None and value < 1:
+            print(f"error: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return 2
+    no_rag = args.llm_alone if args.llm_alone_no_rag is None else args.llm_alone_no_rag
+    llm_alone = {"llm": args.llm_alone, "llm-no-rag": no_rag}
+    if args.llm_backend == "vllm" and args.jobs > 1:
+        print(
+            "warning: --llm-backend vllm binds its threads to every core; with --jobs "
+            f"{args.jobs} the engines share them and each runs at a fraction of the rate",
+            file=sys.stderr,
+        )
     seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out or f"runs/llm-{kind}")
     out.mkdir(parents=True, exist_ok=True)
     results = _previous(out / "results.json", args.steps)
     # seed by seed, so an interrupted run leaves whole seeds (what the report averages)
     configs = [(v, s) for s in seeds for v in chosen]
-    stale = {
-        f"{v}/{s}": still_to_score(results.get(f"{v}/{s}"), args.llm_alone) for v, s in configs
-    }
+    stale = {f"{v}/{s}": still_to_score(results.get(f"{v}/{s}"), llm_alone) for v, s in configs}
     todo = [(v, s) for v, s in configs if stale[f"{v}/{s}"]]
     for v, s in [c for c in configs if c not in todo]:
         print(f"{v}/{s}: already in {out / 'results.json'}, skipped", flush=True)
@@ -452,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         test_limit=args.test_limit,
         threads=args.threads,
-        llm_alone=args.llm_alone,
+        llm_alone=llm_alone,
+        llm_backend=args.llm_backend,
     )
     groups: dict[Path, list] = {}
     for v, s in todo:
@@ -497,9 +633,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 for v, s, result in finished:
                     record(v, s, result)
-    # the report covers the configurations asked for (others in the file stay there)
+    # the report covers the configurations asked for that have every row (a failed one may
+    # have lost some; the others in the file stay there)
     asked = {f"{v}/{s}" for v in chosen for s in seeds}
-    runs = {k: v for k, v in results.items() if k in asked}
+    runs = {k: v for k, v in results.items() if k in asked and set(MODELS) <= set(v)}
     status = 0
     if failed:
         print(

@@ -23,6 +23,7 @@ from flexlog.data.ulad import SYNHDFS_RATIOS
 from flexlog.environment import describe
 from flexlog.evaluate import mann_whitney
 from flexlog.experiment import mean_std
+from flexlog.llm.backends import DEFAULT_BACKEND as DEFAULT_LLM_BACKEND
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -406,29 +407,67 @@ def llm_section(run: dict) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     reference = s["average"].get("ml-ensemble")
-    subset = s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0)
-    one_seed = len(run.get("seeds", [])) == 1
+    seeds = list(run.get("seeds", []))
+    one_seed = len(seeds) == 1
+    backends = s.get("llm_backends", {})
+    partial = []  # LLM-alone rows on fewer test sequences than the ensembles
     for key, stat in s["average"].items():
         label, published = LLM_ROWS.get(key, (key, None))
         pub = _published(dataset, published) if beside else None
-        if subset and key in ("llm", "llm-no-rag"):
-            label, pub = f"{label} (on a subset of the test sets)", None
+        own = stat.get("seeds", seeds)
+        alone = key in ("llm", "llm-no-rag")
+        subset = alone and stat.get(
+            "subset", s.get("llm_alone_sequences", 0) < s.get("test_sequences", 0)
+        )
+        notes = []
+        if subset:
+            notes.append("on a subset of the test sets")
+            partial.append((label, stat))
+            pub = None
+        if own != seeds:
+            notes.append(f"seeds {', '.join(map(str, own))}")
+        if backends.get(key, [DEFAULT_LLM_BACKEND]) != [DEFAULT_LLM_BACKEND]:
+            notes.append(f"{' and '.join(backends[key])} backend")
+        if notes:
+            label = f"{label} ({'; '.join(notes)})"
         share = s.get("llm_asked_share", {}).get(key)
         value = f"{stat['mean']:.3f}" if one_seed else mean_std(stat)
         test = ""
-        if reference and key != "ml-ensemble" and not (subset and key.startswith("llm")):
-            test = _p_a12(stat["f1"], reference["f1"])
+        if reference and key != "ml-ensemble" and not subset:
+            ref_seeds = reference.get("seeds", seeds)
+            by_seed = dict(zip(ref_seeds, reference["f1"], strict=True))
+            if all(x in by_seed for x in own):
+                test = _p_a12(stat["f1"], [by_seed[x] for x in own])
         lines.append(
             f"| {label} | {value} | {'' if pub is None else f'{pub:.3f}'} "
             f"| {'' if share is None else f'{100 * share:.0f} %'} | {test} |"
         )
-    if subset:
+    sizes: dict[tuple, list[str]] = {}
+    for label, stat in partial:
+        scored = stat.get("scored", s.get("llm_alone_sequences"))
+        total = stat.get("test_sequences", s.get("test_sequences"))
+        sizes.setdefault((scored, total), []).append(label.split(" (")[0])
+    for (scored, total), labels in sizes.items():
         lines += [
             "",
-            f"The LLM alone was scored on {s['llm_alone_sequences']} of the "
-            f"{s['test_sequences']} test sequences (half anomalies where possible), so its row "
-            "is not on the paper's full test sets; the ensembles are, asking the LLM where "
-            "short-circuit voting needs it.",
+            f"{' and '.join(labels)}: scored on {scored} of the {total} test sequences (half "
+            "anomalies where possible), so not on the paper's full test sets; the ensembles "
+            "are, asking the LLM where short-circuit voting needs it.",
+        ]
+    others = sorted({b for used in backends.values() for b in used} - {DEFAULT_LLM_BACKEND})
+    if others:
+        agreement = "; ".join(
+            f"{pair}: {100 * a['agreement']:.1f} % of {a['sequences']} sequences answered by "
+            f"both ({a['configurations']} configurations)"
+            for pair, a in s.get("llm_agreement", {}).items()
+        )
+        lines += [
+            "",
+            f"Rows marked with a backend were scored by {', '.join(others)} instead of "
+            f"{DEFAULT_LLM_BACKEND} (float32), with the same adapters and calibrated "
+            "thresholds (vllm: in-process engine, adapter merged into the weights, bfloat16 on "
+            "this CPU). Where both answered the same sequences their labels agreed: "
+            f"{agreement or 'not measured'}.",
         ]
     if dataset != "adfa-u":
         lines += [

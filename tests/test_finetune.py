@@ -505,6 +505,51 @@ def test_llm_experiment_reports_rows_and_shares(
 
 
 @pytest.mark.slow
+def test_llm_experiment_with_vllm(llm_stack, datasets_dir: Path, tmp_path: Path) -> None:
+    """The LLM rows scored by an in-process vLLM engine (SmolLM2, adapter merged; vLLM's CPU
+    attention has no kernel for tiny Mistral's head size): each row records its backend, the
+    answers are kept per backend, a row added later with another backend leaves the others
+    alone, and where both backends answered the same sequences their agreement is recorded
+    and reported."""
+    pytest.importorskip("vllm")
+    from finetune.experiment import LLM_ALONE_ROWS, WITH_LLM
+    from finetune.experiment import main as experiment
+    from flexlog.report import build_report
+
+    recipe = load_recipe("smollm2-cpu").replace(max_seq_tokens=256)
+    path = recipe.dump(tmp_path / "smol.yaml")
+    out = tmp_path / "runs" / "llm"
+    argv = ["--recipe", str(path), "--steps", "2", "--holdouts", "web", "--seeds", "0"]
+    argv += ["--test-limit", "16", "--llm-alone", "6", "--threads", "1"]
+    argv += ["--datasets", str(datasets_dir), "--out", str(out)]
+    assert experiment([*argv, "--llm-backend", "vllm"]) == 0
+    result = json.loads((out / "results.json").read_text())["web/0"]
+    assert {result[m]["backend"] for m in (*WITH_LLM, *LLM_ALONE_ROWS)} == {"vllm"}
+    assert result["llm"]["scored"] == result["llm-no-rag"]["scored"] == 6
+    answers = json.loads((out / "web-0" / "llm-answers-llm@vllm.json").read_text())
+    assert len(answers) >= 6 and all(0 <= p <= 1 for _, p in answers)
+    assert not (out / "web-0" / "llm-answers-llm.json").exists()
+    # the LLM alone again with the default backend: the other rows keep vLLM's figures
+    results = json.loads((out / "results.json").read_text())
+    results["web/0"].pop("llm")
+    (out / "results.json").write_text(json.dumps(results))
+    assert experiment(argv) == 0
+    again = json.loads((out / "results.json").read_text())["web/0"]
+    assert again["llm"]["backend"] == "transformers" and again["llm"]["scored"] == 6
+    assert again["flexlog"] == result["flexlog"]
+    assert again["llm-no-rag"] == result["llm-no-rag"]
+    measured = again["info"]["llm_agreement"]["llm: transformers vs vllm"]
+    assert measured["sequences"] >= 6 and 0 <= measured["agreement"] <= 1
+    summary = json.loads((out / "report" / "results.json").read_text())["summary"]
+    assert summary["llm_backends"]["llm"] == ["transformers"]
+    assert summary["llm_backends"]["flexlog"] == ["vllm"]
+    assert summary["llm_agreement"]["llm: transformers vs vllm"]["configurations"] == 1
+    markdown = build_report(tmp_path / "runs", tmp_path / "docs")
+    assert "| FlexLog: KNN + DT + SLFN + LLM, majority (vllm backend) |" in markdown
+    assert "their labels agreed: llm: transformers vs vllm:" in markdown
+
+
+@pytest.mark.slow
 def test_llm_experiment_on_synhdfs_u_shares_one_adapter_per_seed(
     llm_stack, datasets_dir: Path, tmp_path: Path, capsys
 ):

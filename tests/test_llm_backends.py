@@ -466,7 +466,10 @@ def vllm_engine(smol_adapter):
 
     for server in _SERVERS:  # one engine at a time on a small machine
         server.stop()
-    backend = VLLMBackend("smollm2", smol_adapter, max_model_len=2048, batch_size=8)
+    # vLLM's LoRA path (the default on CPU is the merged checkpoint, tested in test_finetune)
+    backend = VLLMBackend(
+        "smollm2", smol_adapter, merge_adapter=False, max_model_len=2048, batch_size=8
+    )
     yield backend
     backend.close()
 

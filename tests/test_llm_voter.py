@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -82,6 +83,16 @@ def test_voter_predicts_with_recorded_decision_paths(llm_voter, adfa_small):
     assert set(labels.tolist()) <= {0, 1}
     assert len(llm_voter.decisions_) == len(adfa_small)
     assert {d.path for d in llm_voter.decisions_} == {"logprobs"}
+
+
+def test_closing_releases_the_model_and_the_next_question_reloads_it(llm_voter, adfa_small):
+    X = [s.events for s in adfa_small[:3]]
+    before = llm_voter.margins(X)
+    llm_voter.close()
+    assert llm_voter.backend_ is None
+    llm_voter.close()  # closing twice is harmless
+    assert np.allclose(llm_voter.margins(X), before, atol=1e-4)
+    assert llm_voter.backend_ is not None
 
 
 def test_threshold_calibration_moves_the_cut(llm_voter, adfa_small):

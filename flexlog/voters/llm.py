@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from flexlog.evaluate import scores
 from flexlog.features import as_event_lists
-from flexlog.llm.backends import BACKENDS, make_backend
+from flexlog.llm.backends import BACKENDS, DEFAULT_BACKEND, make_backend
 from flexlog.llm.decoding import LabelDecision, with_threshold
 from flexlog.llm.prompt import PromptTemplate
 from flexlog.llm.prompting import PromptAssembler, Retriever
@@ -59,7 +59,7 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        backend: str = "transformers",
+        backend: str = DEFAULT_BACKEND,
         model: str = "smollm2",
         adapter: str | None = None,
         base_url: str | None = None,
@@ -267,6 +267,15 @@ class LLMVoter(ClassifierMixin, BaseEstimator):
             dtype=float,
         )
         return np.column_stack([1.0 - p, p])
+
+    def close(self) -> None:
+        """Release the backend (an in-process engine holds GBs); the next question loads it
+        again."""
+        backend = getattr(self, "backend_", None)
+        if backend is not None:
+            backend.close()
+        self.backend_ = None
+        self.assembler_ = None  # it counts tokens with the backend
 
     # -- persistence -----------------------------------------------------------------------
     def save_state(self, directory: Path) -> list[str]:

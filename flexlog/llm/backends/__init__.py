@@ -10,6 +10,8 @@ BACKENDS = {
     "openai": "flexlog.llm.backends.openai_http:OpenAIBackend",
     "vllm": "flexlog.llm.backends.vllm_local:VLLMBackend",
 }
+#: The backend the LLM voter uses unless told otherwise (in-process, float32).
+DEFAULT_BACKEND = "transformers"
 
 
 def make_backend(name: str, **options) -> LLMBackend:
@@ -28,4 +30,4 @@ def make_backend(name: str, **options) -> LLMBackend:
     return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
-__all__ = ["BACKENDS", "BackendError", "LLMBackend", "make_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendError", "LLMBackend", "make_backend"]

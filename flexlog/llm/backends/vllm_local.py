@@ -59,7 +59,8 @@ class VLLMBackend(LLMBackend):
     model : base model (``smollm2``, ``tiny-mistral``, a checkpoint dir or a hub id).
     adapter : LoRA adapter directory (PEFT, safetensors), or None.
     merge_adapter : run the base model with the adapter merged into its weights instead of
-        vLLM's LoRA support (about ten times faster on CPU; see ``merged_checkpoint``).
+        vLLM's LoRA support (about ten times faster on CPU; see ``merged_checkpoint``). None
+        means merged on CPU and vLLM's LoRA on GPU (where it costs little).
     batch_size : most sequences the engine schedules at once (``max_num_seqs``); a whole
         ``classify`` call is handed to the engine in one go.
     decoding : "choice", "logprobs" or "ladder".
@@ -81,7 +82,7 @@ class VLLMBackend(LLMBackend):
         model: str = "smollm2",
         adapter: str | Path | None = None,
         *,
-        merge_adapter: bool = False,
+        merge_adapter: bool | None = None,
         batch_size: int = 64,
         decoding: str = "choice",
         seed: int = 0,
@@ -132,7 +133,8 @@ class VLLMBackend(LLMBackend):
 
         cpu = {} if gpu else cpu_engine_defaults()
         path = self._path
-        if self.adapter is not None and self.merge_adapter:
+        merge = not gpu if self.merge_adapter is None else self.merge_adapter
+        if self.adapter is not None and merge:
             path = str(merged_checkpoint(path, self.adapter))
         args: dict[str, Any] = {
             "model": path,
@@ -147,7 +149,7 @@ class VLLMBackend(LLMBackend):
             ),
             "max_logprobs": max(20, self.top_logprobs),
         }
-        if self.adapter is not None and not self.merge_adapter:
+        if self.adapter is not None and not merge:
             args.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
             self._lora = LoRARequest("flexlog", 1, str(self.adapter))
         args.update(self.engine_args)
