@@ -426,6 +426,19 @@ def test_finetune_calibrates_and_joins_the_bundle(llm_stack, train40: Path, tmp_
     assert loaded.detector.ensemble.order[-1] == "llm"  # asked last, only where needed
 
 
+def _web_holdout_run(
+    recipe: str, datasets_dir: Path, tmp_path: Path, *, test_limit: int
+) -> tuple[list[str], Path]:
+    """Arguments of a small LLM experiment (ADFA-U web holdout, seed 0, 2 fine-tuning steps,
+    the LLM alone on 6 sequences) and the folder it writes."""
+    path = load_recipe(recipe).replace(max_seq_tokens=256).dump(tmp_path / "recipe.yaml")
+    out = tmp_path / "runs" / "llm"
+    argv = ["--recipe", str(path), "--steps", "2", "--holdouts", "web", "--seeds", "0"]
+    argv += ["--test-limit", str(test_limit), "--llm-alone", "6", "--threads", "1"]
+    argv += ["--datasets", str(datasets_dir), "--out", str(out)]
+    return argv, out
+
+
 @pytest.mark.slow
 def test_llm_experiment_reports_rows_and_shares(
     llm_stack, datasets_dir: Path, tmp_path: Path, capsys
@@ -436,12 +449,7 @@ def test_llm_experiment_reports_rows_and_shares(
     from finetune.experiment import main as experiment
     from flexlog.report import build_report
 
-    recipe = load_recipe("tiny-mistral").replace(max_seq_tokens=256)
-    path = recipe.dump(tmp_path / "tiny.yaml")
-    out = tmp_path / "runs" / "llm"
-    argv = ["--recipe", str(path), "--steps", "2", "--holdouts", "web", "--seeds", "0"]
-    argv += ["--test-limit", "24", "--llm-alone", "6", "--threads", "1"]
-    argv += ["--datasets", str(datasets_dir), "--out", str(out)]
+    argv, out = _web_holdout_run("tiny-mistral", datasets_dir, tmp_path, test_limit=24)
     assert experiment(argv) == 0
     result = json.loads((out / "results.json").read_text())["web/0"]
     assert set(MODELS) <= set(result)
@@ -516,12 +524,7 @@ def test_llm_experiment_with_vllm(llm_stack, datasets_dir: Path, tmp_path: Path)
     from finetune.experiment import main as experiment
     from flexlog.report import build_report
 
-    recipe = load_recipe("smollm2-cpu").replace(max_seq_tokens=256)
-    path = recipe.dump(tmp_path / "smol.yaml")
-    out = tmp_path / "runs" / "llm"
-    argv = ["--recipe", str(path), "--steps", "2", "--holdouts", "web", "--seeds", "0"]
-    argv += ["--test-limit", "16", "--llm-alone", "6", "--threads", "1"]
-    argv += ["--datasets", str(datasets_dir), "--out", str(out)]
+    argv, out = _web_holdout_run("smollm2-cpu", datasets_dir, tmp_path, test_limit=16)
     assert experiment([*argv, "--llm-backend", "vllm"]) == 0
     result = json.loads((out / "results.json").read_text())["web/0"]
     assert {result[m]["backend"] for m in (*WITH_LLM, *LLM_ALONE_ROWS)} == {"vllm"}
