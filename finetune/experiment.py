@@ -402,6 +402,13 @@ def _scored_all(result: dict, name: str) -> bool:
     return result[name].get("scored", total) >= total
 
 
+def flag_all_f1(result: dict) -> float:
+    """F1 of flagging every test sequence of a configuration (recall 1, precision the share
+    of anomalies): the floor a detector must clear to have found anything."""
+    positives = result["knn"]["tp"] + result["knn"]["fn"]
+    return 2 * positives / (result["info"]["test_sequences"] + positives)
+
+
 def summary(results: dict) -> dict:
     """Per model: mean/std over seeds of the average F1 over variants, per seed (what the
     report's Mann-Whitney tests read) and which seeds. An LLM-alone row averages the seeds
@@ -442,6 +449,16 @@ def summary(results: dict) -> dict:
                 r[m].get("scored", r["info"]["test_sequences"]) for r in rows
             )
             average[m]["subset"] = used != full
+    flag_all = [
+        float(np.mean([flag_all_f1(r) for k, r in results.items() if seed_of(k) == s]))
+        for s in seeds
+    ]
+    average["flag-all"] = {
+        "mean": float(np.mean(flag_all)),
+        "std": float(np.std(flag_all)),
+        "f1": flag_all,
+        "seeds": seeds,
+    }
     shares = [r["info"].get("llm_asked_share", {}) for r in results.values()]
     sizes = [
         (r["info"]["test_sequences"], r["info"].get("llm_alone_sequences"))

@@ -362,6 +362,7 @@ LLM_ROWS = {
     "ml:stacked": ("KNN + DT + SLFN, stacked (fitted)", None),
     "flexlog:weighted": ("KNN + DT + SLFN + LLM, weighted (fitted without the LLM)", None),
     "flexlog:stacked": ("KNN + DT + SLFN + LLM, stacked (fitted without the LLM)", None),
+    "flag-all": ("flagging every sequence (the floor)", None),
 }
 
 
@@ -433,7 +434,7 @@ def llm_section(run: dict) -> list[str]:
         share = s.get("llm_asked_share", {}).get(key)
         value = f"{stat['mean']:.3f}" if one_seed else mean_std(stat)
         test = ""
-        if reference and key != "ml-ensemble" and not subset:
+        if reference and key not in ("ml-ensemble", "flag-all") and not subset:
             ref_seeds = reference.get("seeds", seeds)
             by_seed = dict(zip(ref_seeds, reference["f1"], strict=True))
             if all(x in by_seed for x in own):
@@ -466,8 +467,11 @@ def llm_section(run: dict) -> list[str]:
             f"Rows marked with a backend were scored by {', '.join(others)} instead of "
             f"{DEFAULT_LLM_BACKEND} (float32), with the same adapters and calibrated "
             "thresholds (vllm: in-process engine, adapter merged into the weights, bfloat16 on "
-            "this CPU). Where both answered the same sequences their labels agreed: "
-            f"{agreement or 'not measured'}.",
+            "this CPU). The two do not compute the same margin: transformers sums each "
+            "label's log-probability over its tokens, vLLM reads the first answer token's "
+            "alternatives (the probability mass of the tokens that begin each label), and the "
+            "threshold was calibrated on the former. Where both answered the same sequences "
+            f"their labels agreed: {agreement or 'not measured'}.",
         ]
     if dataset != "adfa-u":
         lines += [
