@@ -473,8 +473,14 @@ def summary(results: dict) -> dict:
             entry["configurations"] += 1
     return {
         "average": average,
-        "llm_backends": {
-            m: sorted({r[m].get("backend", LLM_BACKENDS[0]) for r in results.values()})
+        "llm_backends": {  # of the configurations each row's average reads
+            m: sorted(
+                {
+                    r[m].get("backend", LLM_BACKENDS[0])
+                    for k, r in results.items()
+                    if seed_of(k) in average[m]["seeds"]
+                }
+            )
             for m in (*WITH_LLM, *LLM_ALONE_ROWS)
         },
         "llm_agreement": {
