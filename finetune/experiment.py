@@ -201,6 +201,13 @@ class _AskedLLM:
             self._voter = None
 
 
+def _per_row(llm_alone: int | dict[str, int | None] | None) -> dict[str, int | None]:
+    """How many test sequences each LLM-alone row is scored on (one number: both rows)."""
+    if isinstance(llm_alone, dict):
+        return llm_alone
+    return dict.fromkeys(LLM_ALONE_ROWS, llm_alone)
+
+
 def answers_path(work: Path, name: str, backend: str) -> Path:
     """Where the answers of LLM row ``name`` scored with ``backend`` are kept (the default
     backend keeps the name records written before there was a choice)."""
@@ -286,8 +293,7 @@ def run_config(
         )
         for name, rag in LLM_ALONE_ROWS.items()
     }
-    if not isinstance(llm_alone, dict):
-        llm_alone = dict.fromkeys(LLM_ALONE_ROWS, llm_alone)
+    llm_alone = _per_row(llm_alone)
     bases = {
         "ml": (ML_VOTERS, "majority"),
         "default": (DEFAULT_VOTERS, DEFAULT_RULE),
@@ -386,8 +392,7 @@ def still_to_score(result: dict | None, llm_alone: int | dict[str, int | None] |
     total = result.get("info", {}).get("test_sequences")
     if total is None:
         return todo
-    if not isinstance(llm_alone, dict):
-        llm_alone = dict.fromkeys(LLM_ALONE_ROWS, llm_alone)
+    llm_alone = _per_row(llm_alone)
     for name in LLM_ALONE_ROWS:
         limit = llm_alone.get(name)
         wanted = total if limit is None else min(limit, total)

@@ -423,7 +423,7 @@ def llm_section(run: dict) -> list[str]:
         notes = []
         if subset:
             notes.append("on a subset of the test sets")
-            partial.append((label, stat))
+            partial.append((LLM_ROWS.get(key, (key, None))[0], stat))
             pub = None
         if own != seeds:
             notes.append(f"seeds {', '.join(map(str, own))}")
@@ -447,7 +447,7 @@ def llm_section(run: dict) -> list[str]:
     for label, stat in partial:
         scored = stat.get("scored", s.get("llm_alone_sequences"))
         total = stat.get("test_sequences", s.get("test_sequences"))
-        sizes.setdefault((scored, total), []).append(label.split(" (")[0])
+        sizes.setdefault((scored, total), []).append(label)
     for (scored, total), labels in sizes.items():
         lines += [
             "",
